@@ -1,0 +1,58 @@
+"""One AEVB update, the body of Algorithm 1: ascend the SGVB estimate of the MAP objective.
+
+Every training method (AEVB here; wake-sleep, MCEM and full VB beside it) is a small object with
+the same face, so the one training loop in `train.py` drives them all:
+`step(x, idx, generator) -> (M,)` updates the parameters on the minibatch `x` (rows `idx` of the
+training set) and returns a detached per-datapoint value to display; `state_dict()` /
+`load_state_dict()` carry the optimizer and any per-method state through checkpoints; `model` is
+what evaluation and figures use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .estimators import Estimator, get_estimator, log_parameter_prior, map_objective, prior_parameters
+from .models import VAE
+from .optimizers import build_optimizer
+
+
+@dataclass
+class AEVB:
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    estimator: Estimator
+    n_samples: int  # L
+    n_train: int  # N
+    prior_params: list[torch.Tensor]
+    prior_precision: float
+
+    def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        bounds = self.estimator(self.model, x, self.n_samples, generator)  # (M,), eq. (6) or (7)
+        log_prior = log_parameter_prior(self.prior_params, self.prior_precision)
+        objective = map_objective(bounds, log_prior, self.n_train)  # eq. (8) + log p(theta), per datapoint
+        self.optimizer.zero_grad(set_to_none=True)
+        (-objective).backward()  # gradient ascent on the bound (Algorithm 1)
+        self.optimizer.step()
+        return bounds.detach()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
+    """AEVB over the encoder's phi and the decoder's theta jointly (AEVB §5)."""
+    return AEVB(
+        model=model,
+        optimizer=build_optimizer(cfg.optimizer, model.parameters(), device),
+        estimator=get_estimator(cfg.estimator.name),
+        n_samples=cfg.estimator.n_samples,
+        n_train=n_train,
+        prior_params=prior_parameters(model.named_parameters(), cfg.prior.scope),
+        prior_precision=cfg.prior.precision,
+    )

@@ -1,0 +1,94 @@
+"""Console scripts: thin Hydra apps around `train(cfg)`, with user mistakes reported in one line.
+
+A mistake (unknown option or key, a wrong type, an out-of-range value, missing or corrupt data, an
+unusable run folder) prints `vae-train: error: <problem>; <fix>` on stderr and exits with 2, no
+traceback. `--debug` or HYDRA_FULL_ERROR=1 shows the full traceback instead; anything that is not a
+user mistake (a bug) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import register_configs
+from .errors import UserError
+
+CONFIG_PATH = "pkg://vae_cli.conf"
+EXIT_USAGE = 2
+
+
+def describe_user_error(exc: BaseException) -> str | None:
+    """One line for a mistake the user can fix, or None when `exc` is not one."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, MissingConfigException):
+        group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+        if group and exc.options:
+            return f"unknown {group} option '{option}'; choose one of: {', '.join(exc.options)} (e.g. {group}={exc.options[0]})"
+        return _first_line(exc)
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse the override {_first_line(exc)}; write key=value, group=option or key=a,b,c with --multirun"
+    cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) and exc.__cause__ else exc
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        key = getattr(cause, "full_key", None) or _first_line(cause)
+        return f"unknown config key '{key}'; see the keys with `vae-train --cfg job`"
+    if isinstance(cause, ValidationError):
+        return f"{getattr(cause, 'full_key', '') or 'value'}: {_first_line(cause)}; see `vae-train --cfg job` for the types"
+    if isinstance(exc, (ConfigCompositionException, OmegaConfBaseException)):
+        return _first_line(exc) + "; see `vae-train --help`"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot write {exc.filename} ({exc.strerror}); choose a writable folder with hydra.run.dir="
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type", "reference_type")))
+    return re.sub(r"\s+", " ", text)[:300]
+
+
+def report_user_errors(prog: str, fn, *args):
+    """Call fn(*args); a user mistake becomes one line on stderr and exit code 2, a bug re-raises."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - classified below; bugs are re-raised
+        debug = os.environ.get("VAE_CLI_DEBUG") == "1"
+        message = None if debug else describe_user_error(exc)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def run_console_script(app, prog: str) -> None:
+    """Run a Hydra app with `report_user_errors` around composition and around the job itself.
+
+    Errors inside the job are caught there too, so Hydra's own multi-line report never prints.
+    """
+    if "--debug" in sys.argv[1:] or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ["VAE_CLI_DEBUG"] = "1"
+    sys.argv = [a for a in sys.argv if a != "--debug"]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's report
+    report_user_errors(prog, app)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def _train_app(cfg: DictConfig) -> None:
+    from .train import train
+
+    report_user_errors("vae-train", train, cfg)
+
+
+def train_main() -> None:
+    """`vae-train`: one training run, or a sweep with --multirun."""
+    run_console_script(_train_app, "vae-train")

@@ -1,0 +1,184 @@
+"""Typed schemas of the config groups in `conf/`, and the checks Hydra's types cannot express.
+
+Each group of `conf/` (dataset, model, method, estimator, optimizer, prior, trainer, logger) has a
+dataclass here; `conf/train.yaml` composes onto `TrainConfig`, so a misspelt key or a value of the
+wrong type fails at composition with the key's name. `validate` then checks ranges (positive sizes,
+rates and budgets; names that pick an implementation) and raises a one-line `UserError`.
+Sample counts are floats so that `trainer.max_samples=2e6` works from the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, DictConfig, OmegaConf
+
+from .errors import UserError
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist"  # mnist | frey
+    root: Optional[str] = None  # folder with the files; null: $VAE_CLI_DATA, else the user cache
+    download: bool = True  # fetch the canonical files with pooch when absent
+    binarize: str = "none"  # none (grey levels as Bernoulli targets, the paper) | static | dynamic
+    binarize_seed: int = 0  # the fixed draw of static binarization and of the evaluation sets
+    n_train: Optional[int] = None  # keep the first N training points (Fig. 3: 1000); null: all
+    test_split: str = "test"  # MNIST: test | valid
+    train_frames: int = 1500  # Frey Face: first frames train, the rest test (PAPER.md §10.3)
+    hidden: List[int] = field(default_factory=lambda: [500])  # the paper's hidden units for this data
+    decoder: str = "bernoulli"  # the paper's p(x|z) for this data: bernoulli | gaussian_sigmoid
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vae"  # vae | linear_gaussian
+    latent_dim: int = 20  # J = N_z
+    hidden: List[int] = II("dataset.hidden")  # hidden layer sizes of encoder and decoder
+    decoder: str = II("dataset.decoder")  # bernoulli | gaussian | gaussian_sigmoid | linear_gaussian
+    init_std: float = 0.01  # every parameter ~ N(0, init_std^2) (PAPER.md §6)
+    decoder_min_log_var: Optional[float] = None  # clamp of a Gaussian decoder's log sigma^2; null: none
+
+
+@dataclass
+class MethodConfig:
+    name: str = "aevb"  # aevb
+
+
+@dataclass
+class EstimatorConfig:
+    name: str = "sgvb_b"  # sgvb_a (eq. 6) | sgvb_b (eq. 7)
+    n_samples: int = 1  # L, noise samples per datapoint (paper: 1)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adagrad"  # adagrad | adam | sgd
+    lr: float = 0.02  # global stepsize (paper: chosen from 0.01, 0.02, 0.1)
+    eps: float = 1e-10  # Adagrad / Adam denominator term
+    momentum: float = 0.0  # SGD only
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam only
+
+
+@dataclass
+class PriorConfig:
+    precision: float = 1.0  # p(theta) = N(0, I / precision); the paper's MAP uses N(0, I)
+    scope: str = "weights"  # weights (as [K]) | all | none
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = 100  # M
+    max_samples: float = 3e6  # budget in training samples evaluated (Fig. 2's x-axis)
+    eval_schedule: str = "log"  # log (log-spaced, Fig. 2) | linear (every eval_every, Fig. 3)
+    eval_per_decade: int = 4  # log schedule: evaluations per factor of ten
+    eval_first: float = 1e4  # log schedule: first evaluation after the start
+    eval_every: float = 1e6  # linear schedule: samples between evaluations
+    eval_estimator: str = "sgvb_b"  # bound used for the train/test curves (PAPER.md §10.7)
+    eval_n_samples: int = 1  # L of the evaluation
+    eval_train_points: Optional[int] = None  # training points evaluated; null: all
+    eval_test_points: Optional[int] = None  # test points evaluated; null: all
+    eval_batch_size: int = 1000
+    checkpoint_every: float = 1e6  # samples between checkpoints (one is always written at the end)
+    resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
+    progress: bool = True  # tqdm bar
+    progress_every: int = 50  # steps between progress refreshes and finiteness checks
+    threads: Optional[int] = None  # torch intra-op threads; null: torch's default
+    figures: bool = True  # reconstructions and prior samples as PNG at the end
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "jsonl"  # jsonl (always written) | tensorboard (jsonl plus TensorBoard scalars)
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0  # one seed for initialisation, data order and noise
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+CHOICES = {
+    "dataset.name": ("mnist", "frey"),
+    "dataset.binarize": ("none", "static", "dynamic"),
+    "dataset.test_split": ("test", "valid"),
+    "model.name": ("vae", "linear_gaussian"),
+    "model.decoder": ("bernoulli", "gaussian", "gaussian_sigmoid", "linear_gaussian"),
+    "method.name": ("aevb",),
+    "estimator.name": ("sgvb_a", "sgvb_b"),
+    "trainer.eval_estimator": ("sgvb_a", "sgvb_b"),
+    "optimizer.name": ("adagrad", "adam", "sgd"),
+    "prior.scope": ("weights", "all", "none"),
+    "trainer.eval_schedule": ("log", "linear"),
+    "logger.name": ("jsonl", "tensorboard"),
+    "device": ("auto", "cpu", "cuda"),
+}
+POSITIVE = (
+    "model.latent_dim", "model.init_std", "estimator.n_samples", "optimizer.lr", "optimizer.eps",
+    "trainer.batch_size", "trainer.max_samples", "trainer.eval_per_decade", "trainer.eval_first",
+    "trainer.eval_every", "trainer.eval_n_samples", "trainer.eval_batch_size",
+    "trainer.checkpoint_every", "trainer.progress_every", "dataset.n_train", "dataset.train_frames",
+    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads",
+)
+NON_NEGATIVE = ("prior.precision", "optimizer.momentum")
+WHOLE_NUMBERS = ("trainer.max_samples", "trainer.eval_first", "trainer.eval_every", "trainer.checkpoint_every")
+
+
+def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """Keys of `cfg` that `schema` does not declare (Hydra lets `+key=value` add them)."""
+    declared = {f.name: f.default_factory for f in fields(schema)}  # nested groups: their dataclass
+    unknown = []
+    for key in cfg.keys():
+        if key == "hydra" and not prefix:
+            continue
+        if key not in declared:
+            unknown.append(prefix + str(key))
+        elif is_dataclass(declared[key]):
+            unknown += unknown_keys(cfg[key], declared[key], f"{prefix}{key}.")
+    return unknown
+
+
+def validate(cfg: DictConfig, schema: type = TrainConfig) -> None:
+    """Raise a one-line UserError for the first out-of-range value, naming the key and a fix."""
+    extra = unknown_keys(cfg, schema)
+    if extra:
+        raise UserError(f"unknown config key '{extra[0]}'; see the keys with `vae-train --cfg job`")
+    get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    for key, allowed in CHOICES.items():
+        if get(key) not in allowed:
+            raise UserError(f"{key}={get(key)} is not one of {', '.join(allowed)}; set {key}=<one of them>")
+    for key in POSITIVE:
+        value = get(key)
+        if value is not None and not value > 0:
+            raise UserError(f"{key}={value} must be positive; set {key}= to a value above 0")
+    for key in NON_NEGATIVE:
+        if not get(key) >= 0:
+            raise UserError(f"{key}={get(key)} must be >= 0")
+    for key in WHOLE_NUMBERS:
+        if float(get(key)) != int(get(key)):
+            raise UserError(f"{key}={get(key)} must be a whole number of samples")
+    if any(h <= 0 for h in cfg.model.hidden):
+        raise UserError(f"model.hidden={list(cfg.model.hidden)} must hold positive layer sizes, e.g. model.hidden=[500]")
+    if cfg.dataset.binarize != "none" and cfg.model.decoder != "bernoulli":
+        raise UserError(f"dataset.binarize={cfg.dataset.binarize} needs a Bernoulli decoder; set dataset.binarize=none for {cfg.model.decoder}")
+    if cfg.dataset.name == "frey" and cfg.dataset.test_split != "test":
+        raise UserError("Frey Face has one held-out split; leave dataset.test_split=test and move dataset.train_frames instead")
+
+
+def to_container(cfg: Any) -> dict:
+    """The resolved config as plain Python containers (what run folders and checkpoints store)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -1,0 +1,49 @@
+"""Image grids: reconstructions and samples from the prior at the end of a run (PAPER.md §7, Fig. 5).
+
+Images are decoder means (Bernoulli probabilities or Gaussian means), drawn dark on white as in the
+paper's figures, written as PNG with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def tile(images: np.ndarray, n_cols: int) -> np.ndarray:
+    """(n, H, W) images in [0, 1] to one (rows*H, n_cols*W) mosaic, one pixel of white between tiles."""
+    n, h, w = images.shape
+    n_rows = -(-n // n_cols)
+    canvas = np.ones((n_rows * (h + 1) - 1, n_cols * (w + 1) - 1))
+    for k, img in enumerate(images):
+        r, c = divmod(k, n_cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
+    return canvas
+
+
+def save_grid(images: torch.Tensor, image_shape: tuple[int, int], n_cols: int, path: Path, dark_on_white: bool = True) -> Path:
+    """Save rows of `images` (n, H*W) as a PNG grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pixels = images.detach().float().clamp(0, 1).cpu().numpy().reshape(-1, *image_shape)
+    mosaic = tile(1.0 - pixels if dark_on_white else pixels, n_cols)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, mosaic, cmap="gray", vmin=0.0, vmax=1.0)
+    return path
+
+
+@torch.no_grad()
+def save_run_figures(model, data, fig_dir: Path, generator: torch.Generator) -> list[Path]:
+    """reconstructions.png (test images above their decoded means) and samples.png (10x10 prior draws)."""
+    x = data.test[:10]
+    x_hat = model.decoder(model.encoder(x).mean).mean
+    z = torch.randn((100, model.latent_dim), generator=generator, device=x.device)
+    return [
+        save_grid(torch.cat([x, x_hat]), data.image_shape, 10, fig_dir / "reconstructions.png"),
+        save_grid(model.decoder(z).mean, data.image_shape, 10, fig_dir / "samples.png"),
+    ]

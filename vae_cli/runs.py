@@ -1,0 +1,145 @@
+"""Run folders: self-describing, append-only, written atomically.
+
+A run folder holds `config.yaml` (the resolved config), `metrics.jsonl` (one JSON object per
+evaluation), `checkpoints/last.pt` (everything needed to continue exactly) and `figures/`.
+Every file is written to a temporary name and renamed, so a crash leaves the previous version.
+A folder that already holds a run is never written into unless the run is being resumed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from .errors import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+CHECKPOINT_FORMAT = 1
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
+WALL_CLOCK_FIELDS = ("wall_seconds", "samples_per_second")  # the only fields that differ between reruns
+# Keys a resumed run may change without changing what it computes.
+RESUMABLE_CHANGES = {
+    "trainer.resume", "trainer.max_samples", "trainer.progress", "trainer.progress_every",
+    "trainer.threads", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
+    "dataset.download", "device", "logger.name",
+}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / f).exists() for f in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE))
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(saved: dict, requested: dict) -> list[str]:
+    """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
+    a, b = flatten(saved), flatten(requested)
+    return sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+
+
+def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
+    """Claim `run_dir` for a new run, or check it holds a compatible run when resuming."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the run folder {run_dir} ({e.strerror}); choose another with hydra.run.dir=") from None
+    if resume:
+        if not (run_dir / CHECKPOINT_FILE).is_file():
+            raise UserError(f"trainer.resume=true but {run_dir / CHECKPOINT_FILE} does not exist; point hydra.run.dir= at a run folder with a checkpoint")
+        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
+        diff = config_differences(saved or {}, config)
+        if diff:
+            key = diff[0]
+            raise UserError(
+                f"{run_dir} holds a run with a different config ({key}: {flatten(saved).get(key)!r} there, "
+                f"{flatten(config).get(key)!r} requested); resume with the same settings or start a new hydra.run.dir="
+            )
+    elif holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds a run; continue it with trainer.resume=true or choose a new hydra.run.dir=")
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+
+
+class MetricsLog:
+    """metrics.jsonl: rows appended in memory and the whole file rewritten atomically each time."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / METRICS_FILE
+        self.rows: list[dict] = []
+
+    def resume(self, samples: int) -> None:
+        """Keep the rows up to the checkpoint's sample count: none duplicated, none missing."""
+        if self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["samples"] <= samples]
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> Path:
+    """checkpoints/last.pt, written atomically; `state` holds only tensors and plain containers."""
+    buffer = io.BytesIO()
+    torch.save({"format_version": CHECKPOINT_FORMAT, **state}, buffer)
+    path = run_dir / CHECKPOINT_FILE
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with weights_only=True (no code runs); refuse unknown formats with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; point at a run folder that holds checkpoints/last.pt")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise UserError(f"{path} is not a readable vae-cli checkpoint ({type(e).__name__}); restore it or train again") from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} has checkpoint format {version!r}, this vae-cli reads format {CHECKPOINT_FORMAT}; use a matching vae-cli version")
+    return state

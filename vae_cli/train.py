@@ -1,0 +1,229 @@
+"""The training loop, written like Algorithm 1 (minibatch AEVB) and shared by every method.
+
+repeat: draw a minibatch X^M (index slices of a per-epoch permutation of the training set), let the
+method update the parameters on it, count M more "training samples evaluated" (Fig. 2's x-axis);
+at log-spaced (or evenly spaced) sample counts evaluate the lower bound on train and test data and
+append a row to metrics.jsonl; every `trainer.checkpoint_every` samples save everything needed to
+continue exactly. `train(cfg, run_dir) -> dict` is the whole job; the console script wraps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import aevb
+from .config import to_container, validate
+from .data import Dataset, load_dataset
+from .errors import UserError
+from .evaluate import evaluate_bound, evaluation_generator
+from .figures import save_run_figures
+from .models import build_vae
+from .runs import CHECKPOINT_FILE, MetricsLog, load_checkpoint, save_checkpoint, start_run_dir
+
+log = logging.getLogger(__name__)
+
+METHODS = {"aevb": aevb.build}
+
+
+@dataclass
+class Progress:
+    """Where the loop is: the counters and the data order, all of it checkpointed."""
+
+    step: int = 0
+    samples: int = 0  # training samples evaluated = steps x M
+    epoch: int = 0  # permutations started
+    position: int = 0  # next index into `permutation`
+    permutation: torch.Tensor | None = None  # this epoch's order of the training set (on device)
+    wall_seconds: float = 0.0  # training and evaluation time, summed over resumptions
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluation_points(trainer, batch_size: int, max_samples: int) -> list[int]:
+    """Sample counts at which to evaluate: 0, then log- or evenly spaced, then the end."""
+    if trainer.eval_schedule == "log":
+        n = int(math.ceil(trainer.eval_per_decade * math.log10(max_samples / trainer.eval_first))) + 1
+        raw = [trainer.eval_first * 10 ** (k / trainer.eval_per_decade) for k in range(max(n, 0))]
+    else:
+        raw = [trainer.eval_every * k for k in range(1, int(max_samples // trainer.eval_every) + 1)]
+    on_steps = {int(math.ceil(s / batch_size)) * batch_size for s in raw}  # evaluations fall on step boundaries
+    return sorted({0, *(s for s in on_steps if s < max_samples), max_samples})
+
+
+def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of X^M: consecutive slices of a seeded permutation, a new one each epoch (PAPER.md §10.8).
+
+    The last partial batch of an epoch is dropped, so every step has exactly M datapoints.
+    """
+    if progress.permutation is None or progress.position + batch_size > data.n_train:
+        progress.permutation = torch.randperm(data.n_train, generator=generator).to(data.train.device)
+        progress.position = 0
+        progress.epoch += 1
+    idx = progress.permutation[progress.position : progress.position + batch_size]
+    progress.position += batch_size
+    return idx
+
+
+def evaluate(cfg, model, data: Dataset, samples: int) -> dict:
+    """The train and test lower bounds of one metrics row (same function for both sets)."""
+    t = cfg.trainer
+    generator = evaluation_generator(data.test.device, cfg.seed, samples)
+    row = {"estimator": t.eval_estimator, "n_samples": t.eval_n_samples}
+    for split, x, n_points in (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points)):
+        bound = evaluate_bound(model, x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
+        row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
+    return row
+
+
+def _check_finite(value: float, progress: Progress, cfg, run_dir: Path) -> None:
+    if not math.isfinite(value):
+        kept = run_dir / CHECKPOINT_FILE
+        kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written yet"
+        raise UserError(
+            f"the bound became non-finite by step {progress.step} ({progress.samples} samples); {kept_note}; "
+            f"lower the stepsize (optimizer.lr={cfg.optimizer.lr}) and start again"
+        )
+
+
+def _checkpoint(run_dir: Path, cfg, model, method, progress: Progress, generators: dict) -> Path:
+    return save_checkpoint(run_dir, {
+        "config": to_container(cfg),
+        "model": model.state_dict(),
+        "method": method.state_dict(),
+        "rng": {name: g.get_state() for name, g in generators.items()},
+        "progress": {k: getattr(progress, k) for k in ("step", "samples", "epoch", "position", "wall_seconds")},
+        "permutation": None if progress.permutation is None else progress.permutation.cpu(),
+    })
+
+
+def _restore(run_dir: Path, model, method, progress: Progress, generators: dict, device: torch.device) -> None:
+    state = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"{run_dir / CHECKPOINT_FILE} does not fit the requested model ({str(e).splitlines()[0][:120]}); resume with the run's own config") from None
+    for name, g in generators.items():
+        g.set_state(state["rng"][name].cpu())
+    for k, v in state["progress"].items():
+        setattr(progress, k, v)
+    if state["permutation"] is not None:
+        progress.permutation = state["permutation"].to(device)
+
+
+def _tensorboard(cfg, run_dir: Path, samples: int):
+    if cfg.logger.name != "tensorboard":
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError('logger=tensorboard needs the tensorboard package; pip install "vae-cli[tensorboard]" or use logger=jsonl') from None
+    return SummaryWriter(str(run_dir / "tb"), purge_step=samples or None)
+
+
+def train(cfg, run_dir: str | Path | None = None) -> dict:
+    """Run one training job as configured; return a summary (folder, counters, last bounds)."""
+    validate(cfg)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    t = cfg.trainer
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = select_device(cfg.device)
+    data = load_dataset(cfg.dataset, device)
+    if t.batch_size > data.n_train:
+        raise UserError(f"trainer.batch_size={t.batch_size} exceeds the {data.n_train} training points; use a smaller batch")
+    init_generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_vae(data.data_dim, cfg.model.latent_dim, list(cfg.model.hidden), cfg.model.decoder,
+                      cfg.model.init_std, init_generator, cfg.model.decoder_min_log_var).to(device)
+    method = METHODS[cfg.method.name](cfg, model, data.n_train, device)
+    generators = {"data": torch.Generator().manual_seed(cfg.seed + 1),
+                  "noise": torch.Generator(device=device).manual_seed(cfg.seed + 2)}
+    start_run_dir(run_dir, to_container(cfg), t.resume)
+    progress, metrics = Progress(), MetricsLog(run_dir)
+    if t.resume:
+        _restore(run_dir, model, method, progress, generators, device)
+        metrics.resume(progress.samples)
+    max_samples, batch_size = int(t.max_samples), t.batch_size
+    schedule = [s for s in evaluation_points(t, batch_size, max_samples) if not metrics.rows or s > metrics.rows[-1]["samples"]]
+    next_checkpoint = (progress.samples // int(t.checkpoint_every) + 1) * int(t.checkpoint_every)
+    tb = _tensorboard(cfg, run_dir, progress.samples)
+
+    bar = tqdm(total=max_samples, initial=progress.samples, unit="dp", unit_scale=True, dynamic_ncols=True,
+               disable=not t.progress, desc=f"{cfg.method.name} {data.name} Nz={cfg.model.latent_dim}")
+    window_sum, window_n = torch.zeros((), device=device, dtype=torch.float64), 0
+    clock, last_eval = time.perf_counter(), (time.perf_counter(), progress.samples)
+
+    def refresh() -> None:  # one host sync per `progress_every` steps
+        nonlocal window_sum, window_n
+        if window_n:
+            running = window_sum.item() / window_n
+            _check_finite(running, progress, cfg, run_dir)
+            bar.set_postfix(bound=f"{running:.2f}", refresh=False)
+            bar.update(progress.samples - bar.n)
+            window_sum, window_n = torch.zeros_like(window_sum), 0
+
+    def wall() -> float:
+        return progress.wall_seconds + time.perf_counter() - clock
+
+    while True:
+        if schedule and progress.samples >= schedule[0]:
+            refresh()
+            row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
+            row.update(evaluate(cfg, method.model, data, progress.samples))
+            now = time.perf_counter()
+            row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
+            last_eval = (now, progress.samples)
+            _check_finite(row["train_bound"] + row["test_bound"], progress, cfg, run_dir)
+            metrics.append(row)
+            if tb:
+                for k in ("train_bound", "test_bound"):
+                    tb.add_scalar(f"bound/{k.split('_')[0]}", row[k], progress.samples)
+            bar.write(f"samples {progress.samples:>11,}  train {row['train_bound']:9.2f}  test {row['test_bound']:9.2f}")
+            schedule.pop(0)
+        if progress.samples >= max_samples:
+            break
+        if progress.samples >= next_checkpoint:
+            refresh()
+            progress.wall_seconds, clock = wall(), time.perf_counter()
+            _checkpoint(run_dir, cfg, model, method, progress, generators)
+            next_checkpoint += int(t.checkpoint_every)
+        idx = next_minibatch(progress, data, batch_size, generators["data"])
+        x = data.minibatch(idx, generators["noise"])
+        bounds = method.step(x, idx, generators["noise"])
+        window_sum += bounds.sum()
+        window_n += bounds.shape[0]
+        progress.step += 1
+        progress.samples += batch_size
+        if progress.step % t.progress_every == 0:
+            refresh()
+    refresh()
+    bar.close()
+    progress.wall_seconds, clock = wall(), time.perf_counter()
+    checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
+    if tb:
+        tb.close()
+    figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1)) if t.figures else []
+    last = metrics.rows[-1]
+    print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
+    if figures:
+        print(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
+    return {"run_dir": str(run_dir), "samples": progress.samples, "step": progress.step,
+            "train_bound": last["train_bound"], "test_bound": last["test_bound"],
+            "wall_seconds": progress.wall_seconds, "metrics": str(metrics.path), "checkpoint": str(checkpoint)}
