@@ -1,9 +1,14 @@
 """Console scripts: thin Hydra apps around `train(cfg)`, with user mistakes reported in one line.
 
 A mistake (unknown option or key, a wrong type, an out-of-range value, missing or corrupt data, an
-unusable run folder) prints `vae-train: error: <problem>; <fix>` on stderr and exits with 2, no
-traceback. `--debug` or HYDRA_FULL_ERROR=1 shows the full traceback instead; anything that is not a
-user mistake (a bug) keeps its traceback.
+unusable run folder or checkpoint) prints `vae-train: error: <problem>; <fix>` on stderr and exits
+with 2, no traceback. `--debug` or HYDRA_FULL_ERROR=1 shows the full traceback instead; anything
+that is not a user mistake (a bug) keeps its traceback. A run stopped by SIGINT/SIGTERM prints one
+line with the command that resumes it and exits with 128 + the signal number (130, 143).
+
+Every console script is `run_console_script(app, prog)` around a Hydra app whose job body is
+`report_user_errors(prog, fn, cfg)`; `vae-train resume_from=RUN_DIR` bypasses composition and runs
+the run folder's own config.yaml.
 """
 
 from __future__ import annotations
@@ -11,18 +16,20 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from .config import register_configs
-from .errors import UserError
+from .config import TrainConfig, register_configs, validate
+from .errors import RunStopped, UserError
 
 CONFIG_PATH = "pkg://vae_cli.conf"
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
-def describe_user_error(exc: BaseException) -> str | None:
+def describe_user_error(exc: BaseException, prog: str = "vae-train") -> str | None:
     """One line for a mistake the user can fix, or None when `exc` is not one."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -39,11 +46,11 @@ def describe_user_error(exc: BaseException) -> str | None:
     cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) and exc.__cause__ else exc
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = getattr(cause, "full_key", None) or _first_line(cause)
-        return f"unknown config key '{key}'; see the keys with `vae-train --cfg job`"
+        return f"unknown config key '{key}'; see the keys with `{prog} --cfg job`"
     if isinstance(cause, ValidationError):
-        return f"{getattr(cause, 'full_key', '') or 'value'}: {_first_line(cause)}; see `vae-train --cfg job` for the types"
+        return f"{getattr(cause, 'full_key', '') or 'value'}: {_first_line(cause).rstrip('.')}; see `{prog} --cfg job` for the types"
     if isinstance(exc, (ConfigCompositionException, OmegaConfBaseException)):
-        return _first_line(exc) + "; see `vae-train --help`"
+        return _first_line(exc) + f"; see `{prog} --help`"
     if isinstance(exc, OSError) and exc.filename:
         return f"cannot write {exc.filename} ({exc.strerror}); choose a writable folder with hydra.run.dir="
     return None
@@ -55,12 +62,21 @@ def _first_line(exc: BaseException) -> str:
 
 
 def report_user_errors(prog: str, fn, *args):
-    """Call fn(*args); a user mistake becomes one line on stderr and exit code 2, a bug re-raises."""
+    """Call fn(*args); a user mistake becomes one line on stderr and exit code 2, a bug re-raises;
+    a run stopped by a signal prints how to resume it and exits with 128 + the signal number."""
+    debug = os.environ.get("VAE_CLI_DEBUG") == "1"
     try:
         return fn(*args)
+    except RunStopped as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the training loop took over SIGINT
+        if debug:
+            raise
+        print(f"{prog}: interrupted before training started; nothing to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - classified below; bugs are re-raised
-        debug = os.environ.get("VAE_CLI_DEBUG") == "1"
-        message = None if debug else describe_user_error(exc)
+        message = None if debug else describe_user_error(exc, prog)
         if message is None:
             raise
         print(f"{prog}: error: {message}", file=sys.stderr)
@@ -84,11 +100,32 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _train_app(cfg: DictConfig) -> None:
+    report_user_errors("vae-train", validate, cfg)  # before torch is imported: a typo costs a second
     from .train import train
 
     report_user_errors("vae-train", train, cfg)
 
 
+def _resume_app(args: list[str]) -> None:
+    """`vae-train resume_from=RUN_DIR [key=value ...]`: continue a run with its own config.yaml."""
+    from .runs import resume_config
+    from .train import train
+
+    given = [a for a in args if a.startswith("resume_from=")]
+    extra = given[1:] + [a for a in args if a.startswith("-")]
+    if extra:
+        raise UserError(f"resume_from= takes one run folder and key=value overrides only, not {extra[0]!r}")
+    folder = given[0].partition("=")[2].strip()
+    if not folder:
+        raise UserError("resume_from= needs a run folder, e.g. vae-train resume_from=outputs/2026-11-25/10-00-00")
+    run_dir = Path(folder).expanduser().absolute()
+    overrides = [a for a in args if a != given[0]]
+    train(resume_config(run_dir, overrides, TrainConfig), run_dir=run_dir)
+
+
 def train_main() -> None:
-    """`vae-train`: one training run, or a sweep with --multirun."""
-    run_console_script(_train_app, "vae-train")
+    """`vae-train`: one training run, a sweep with --multirun, or `resume_from=RUN_DIR`."""
+    if any(a.startswith("resume_from=") for a in sys.argv[1:]):
+        run_console_script(lambda: _resume_app(sys.argv[1:]), "vae-train")
+    else:
+        run_console_script(_train_app, "vae-train")

@@ -84,7 +84,8 @@ class TrainerConfig:
     checkpoint_every: float = 1e6  # samples between checkpoints (one is always written at the end)
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
     progress: bool = True  # tqdm bar
-    progress_every: int = 50  # steps between progress refreshes and finiteness checks
+    progress_every: int = 50  # steps between progress refreshes and host reads of the finiteness checks
+    on_nan: str = "stop"  # a non-finite bound or gradient: stop (keep the last good checkpoint) | skip_batch
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default
     figures: bool = True  # reconstructions and prior samples as PNG at the end
 
@@ -124,6 +125,7 @@ CHOICES = {
     "optimizer.name": ("adagrad", "adam", "sgd"),
     "prior.scope": ("weights", "all", "none"),
     "trainer.eval_schedule": ("log", "linear"),
+    "trainer.on_nan": ("stop", "skip_batch"),
     "logger.name": ("jsonl", "tensorboard"),
     "device": ("auto", "cpu", "cuda"),
 }

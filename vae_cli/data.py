@@ -160,6 +160,9 @@ def _download(root: Path, name: str) -> None:
     """Fetch the canonical files with pooch and their published checksums."""
     import pooch
 
+    logger, level = pooch.get_logger(), pooch.get_logger().level
+    logger.setLevel("WARNING")  # pooch logs each download on stderr, where only errors go
+    print(f"downloading {name} into {root}")
     try:
         if name == "mnist":
             for fname, md5 in MNIST_IDX_MD5.items():
@@ -178,6 +181,8 @@ def _download(root: Path, name: str) -> None:
             f"could not download {name} into {root} ({reason[:160]}); copy the files there by hand "
             "or set dataset.root= to a folder that holds them"
         ) from None
+    finally:
+        logger.setLevel(level)
 
 
 def read_pixels(name: str, root: Path, download: bool) -> dict[str, np.ndarray]:

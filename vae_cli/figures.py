@@ -1,15 +1,19 @@
 """Image grids: reconstructions and samples from the prior at the end of a run (PAPER.md §7, Fig. 5).
 
 Images are decoder means (Bernoulli probabilities or Gaussian means), drawn dark on white as in the
-paper's figures, written as PNG with matplotlib's Agg backend (no display needed).
+paper's figures, written as PNG with matplotlib's Agg backend (no display needed), atomically like
+every file of a run folder (`runs.atomic_write_bytes`).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .runs import atomic_write_bytes
 
 
 def tile(images: np.ndarray, n_cols: int) -> np.ndarray:
@@ -32,8 +36,9 @@ def save_grid(images: torch.Tensor, image_shape: tuple[int, int], n_cols: int, p
 
     pixels = images.detach().float().clamp(0, 1).cpu().numpy().reshape(-1, *image_shape)
     mosaic = tile(1.0 - pixels if dark_on_white else pixels, n_cols)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, mosaic, cmap="gray", vmin=0.0, vmax=1.0)
+    png = io.BytesIO()
+    plt.imsave(png, mosaic, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    atomic_write_bytes(path, png.getvalue())
     return path
 
 

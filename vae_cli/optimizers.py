@@ -1,9 +1,10 @@
-"""The `optimizer` config group: Adagrad (the paper's, AEVB §5), Adam and SGD.
+"""The `optimizer` config group: Adagrad (the paper's, AEVB §5), Adam and SGD; and the guard that
+watches every update for divergence (`trainer.on_nan`).
 
 Adagrad's unstated details (PAPER.md §10.5) follow PyTorch: accumulator starting at 0, eps outside
-the root, no extra learning-rate decay (its own growing accumulator is the "annealing"). The
-multi-tensor path is used on every device: fused kernels on CPU (one pass over all parameters
-instead of a Python loop per tensor), foreach kernels on CUDA.
+the root, no extra learning-rate decay (its own growing accumulator is the "annealing"). The fused
+kernels are used where this torch has them (one pass over all parameters instead of a loop per
+tensor); they also take a device-side "skip this update" flag, which `NonFiniteGuard` uses.
 """
 
 from __future__ import annotations
@@ -15,11 +16,77 @@ import torch
 
 def build_optimizer(cfg, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
     params = list(params)
-    fast = {"fused": True} if device.type == "cpu" else {"foreach": True}
     if cfg.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, **fast)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, betas=tuple(cfg.betas), **fast)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **fast)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of adagrad, adam, sgd")
+        make = lambda **fast: torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, **fast)  # noqa: E731
+    elif cfg.name == "adam":
+        make = lambda **fast: torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, betas=tuple(cfg.betas), **fast)  # noqa: E731
+    elif cfg.name == "sgd":
+        make = lambda **fast: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **fast)  # noqa: E731
+    else:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of adagrad, adam, sgd")
+    try:
+        optimizer = make(fused=True)
+    except (RuntimeError, TypeError):  # an older torch without this fused kernel on this device
+        optimizer = make(foreach=device.type == "cuda")
+    if cfg.name == "sgd" and cfg.momentum > 0:
+        # Zero buffers equal PyTorch's first-step copy of the gradient (dampening 0), and stay
+        # defined when the first update is skipped (the fused kernel leaves a lazy buffer unset).
+        for p in params:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
+
+
+class NonFiniteGuard:
+    """Flags each update whose minibatch bound or gradient is non-finite, without a host sync.
+
+    Before every `step()` of the watched optimizers it checks all gradients on the device (the
+    kernel torch's AMP gradient scaler uses); `observe(bounds)` after the method's step adds the
+    bound. With `skip=True` an update with a non-finite gradient is skipped: fused optimizers take
+    the flag as `found_inf` and leave parameters and state untouched on the device (as under AMP);
+    other optimizers read the flag on the host and drop the gradients. A non-finite bound always
+    gives non-finite gradients here (NaN and inf propagate through backward), so it is skipped too.
+    `collect()` is the one host sync, once every `trainer.progress_every` steps.
+    """
+
+    def __init__(self, optimizers: Iterable[torch.optim.Optimizer], skip: bool, device: torch.device):
+        self.skip = skip
+        self._one = torch.ones((), device=device)
+        self._bad_steps = torch.zeros((), device=device, dtype=torch.int64)  # steps with a non-finite bound or gradient
+        self._clean_steps = torch.zeros((), device=device, dtype=torch.int64)  # steps before the first of them
+        self._step_bad = torch.zeros((), device=device, dtype=torch.bool)
+        self._pending = 0  # steps observed since the last collect()
+        self._hooks = [opt.register_step_pre_hook(self._check_gradients) for opt in optimizers]
+
+    def _check_gradients(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        found = torch.zeros((), device=self._one.device)
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)  # found = 1 if any is non-finite
+        self._step_bad |= found.bool()
+        if self.skip and getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.found_inf = found  # fused kernels skip the whole update on the device
+        elif self.skip and found.item():  # host sync: only optimizers without the fused kernel
+            for p in (p for group in optimizer.param_groups for p in group["params"]):
+                p.grad = None
+
+    def observe(self, bounds: torch.Tensor) -> None:
+        """Count the step just taken, whose per-datapoint bounds are `bounds`."""
+        bad = self._step_bad | ~torch.isfinite(bounds).all()
+        self._bad_steps += bad
+        self._clean_steps += self._bad_steps == 0
+        self._step_bad = torch.zeros_like(self._step_bad)
+        self._pending += 1
+
+    def collect(self, step: int) -> tuple[int, int | None]:
+        """(steps with a non-finite bound or gradient since the last call, the number of the first
+        of them or None), given `step`, the number of the last step taken; resets the counters."""
+        bad, clean = self._bad_steps.item(), self._clean_steps.item()
+        first = step - self._pending + clean + 1 if bad else None
+        self._bad_steps.zero_()
+        self._clean_steps.zero_()
+        self._pending = 0
+        return bad, first
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()

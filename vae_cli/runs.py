@@ -2,8 +2,10 @@
 
 A run folder holds `config.yaml` (the resolved config), `metrics.jsonl` (one JSON object per
 evaluation), `checkpoints/last.pt` (everything needed to continue exactly) and `figures/`.
-Every file is written to a temporary name and renamed, so a crash leaves the previous version.
-A folder that already holds a run is never written into unless the run is being resumed.
+Every file is written to a temporary name, flushed to disk and renamed, so a crash or a kill at any
+moment leaves the previous version whole (TensorBoard's event files in `tb/` are the exception:
+append-only by design, and a resumed run purges the events past its checkpoint). A folder that
+already holds a run is never written into unless the run is being resumed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 
@@ -31,24 +34,44 @@ WALL_CLOCK_FIELDS = ("wall_seconds", "samples_per_second")  # the only fields th
 RESUMABLE_CHANGES = {
     "trainer.resume", "trainer.max_samples", "trainer.progress", "trainer.progress_every",
     "trainer.threads", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
-    "dataset.download", "device", "logger.name",
+    "dataset.download", "device", "logger.name", "trainer.on_nan",
 }
+TEMPORARY_GLOB = ".*.tmp"  # what atomic_write_bytes writes before its rename
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename over `path`.
+
+    A failure (disk full, I/O error) removes the temporary file, leaves `path` as it was, and is
+    reported as a one-line UserError naming the file.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_folder(path.parent)  # make the rename itself durable
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror or e}); the previous version is kept; "
+                        "free some disk space or choose another hydra.run.dir=") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -74,28 +97,70 @@ def config_differences(saved: dict, requested: dict) -> list[str]:
 
 
 def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
-    """Claim `run_dir` for a new run, or check it holds a compatible run when resuming."""
+    """Claim `run_dir` for a new run (write its config.yaml), or check it holds a compatible run
+    when resuming (the caller saves the config once the checkpoint has loaded).
+
+    A new run writes config.yaml, then a checkpoint at sample 0, then metrics; a run killed between
+    the first two resumes from sample 0 (nothing else was written). Temporary files of writes cut
+    short by a kill are removed.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
+        probe = run_dir / f".write-test-{os.getpid()}.tmp"
         probe.touch()
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the run folder {run_dir} ({e.strerror}); choose another with hydra.run.dir=") from None
     if resume:
-        if not (run_dir / CHECKPOINT_FILE).is_file():
-            raise UserError(f"trainer.resume=true but {run_dir / CHECKPOINT_FILE} does not exist; point hydra.run.dir= at a run folder with a checkpoint")
-        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
-        diff = config_differences(saved or {}, config)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"trainer.resume=true but {run_dir} holds no run (no {CONFIG_FILE}, no {CHECKPOINT_FILE}); point hydra.run.dir= at a run folder")
+        if not (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / METRICS_FILE).is_file():
+            raise UserError(f"{run_dir / CHECKPOINT_FILE} is missing, so the run in {run_dir} cannot continue; restore it or start a new hydra.run.dir=")
+        saved = read_config(run_dir)
+        diff = config_differences(saved, config)
         if diff:
             key = diff[0]
             raise UserError(
                 f"{run_dir} holds a run with a different config ({key}: {flatten(saved).get(key)!r} there, "
-                f"{flatten(config).get(key)!r} requested); resume with the same settings or start a new hydra.run.dir="
+                f"{flatten(config).get(key)!r} requested); resume it with its own settings (vae-train resume_from={run_dir}) or start a new hydra.run.dir="
             )
-    elif holds_run(run_dir):
+        for leftover in run_dir.rglob(TEMPORARY_GLOB):
+            leftover.unlink()
+        return
+    if holds_run(run_dir):
         raise UserError(f"{run_dir} already holds a run; continue it with trainer.resume=true or choose a new hydra.run.dir=")
+    save_config(run_dir, config)
+
+
+def save_config(run_dir: Path, config: dict) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+
+
+def read_config(run_dir: Path) -> dict:
+    """The resolved config a run folder was started with (its config.yaml)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no run ({CONFIG_FILE} is missing); point at a run folder such as outputs/<date>/<time>")
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not readable YAML ({type(e).__name__}); restore it from a copy or start a new run") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} does not hold a vae-cli config; restore it from a copy or start a new run")
+    return saved
+
+
+def resume_config(run_dir: Path, overrides: list[str], schema: type) -> DictConfig:
+    """What `vae-train resume_from=RUN_DIR [key=value ...]` runs: the run's own config.yaml, typed
+    by `schema`, with trainer.resume=true and overrides of RESUMABLE_CHANGES keys only."""
+    saved = read_config(run_dir)
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or key not in RESUMABLE_CHANGES:
+            allowed = ", ".join(sorted(k for k in RESUMABLE_CHANGES if k != "trainer.resume"))
+            raise UserError(f"'{override}' cannot change when resuming (resume_from= runs {run_dir / CONFIG_FILE}); "
+                            f"only {allowed} may; start a new run to change anything else")
+    return OmegaConf.merge(OmegaConf.structured(schema), saved, OmegaConf.from_dotlist(overrides), {"trainer": {"resume": True}})
 
 
 class MetricsLog:
@@ -108,8 +173,11 @@ class MetricsLog:
     def resume(self, samples: int) -> None:
         """Keep the rows up to the checkpoint's sample count: none duplicated, none missing."""
         if self.path.is_file():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["samples"] <= samples]
+            try:
+                rows = read_metrics(self.path.parent)
+                self.rows = [r for r in rows if r["samples"] <= samples]
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{self.path} is not a vae-cli metrics file ({type(e).__name__}: {str(e)[:80]}); restore it or start a new run") from None
 
     def append(self, row: dict) -> None:
         self.rows.append(row)

@@ -5,12 +5,17 @@ method update the parameters on it, count M more "training samples evaluated" (F
 at log-spaced (or evenly spaced) sample counts evaluate the lower bound on train and test data and
 append a row to metrics.jsonl; every `trainer.checkpoint_every` samples save everything needed to
 continue exactly. `train(cfg, run_dir) -> dict` is the whole job; the console script wraps it.
+
+Around that: a run resumed from its checkpoint continues exactly (`trainer.resume=true`); SIGINT and
+SIGTERM save a checkpoint at the next step boundary and stop (`signals.GracefulStop`); every update
+is watched for a non-finite bound or gradient on the device (`optimizers.NonFiniteGuard`), and no
+checkpoint of non-finite parameters is ever written.
 """
 
 from __future__ import annotations
 
-import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +26,14 @@ from tqdm import tqdm
 from . import aevb
 from .config import to_container, validate
 from .data import Dataset, load_dataset
-from .errors import UserError
+from .errors import RunStopped, UserError
 from .evaluate import evaluate_bound, evaluation_generator
 from .figures import save_run_figures
 from .models import build_vae
-from .runs import CHECKPOINT_FILE, MetricsLog, load_checkpoint, save_checkpoint, start_run_dir
-
-log = logging.getLogger(__name__)
+from .optimizers import NonFiniteGuard
+from .runs import (CHECKPOINT_FILE, MetricsLog, config_differences, flatten, load_checkpoint, save_checkpoint, save_config,
+                   start_run_dir)
+from .signals import GracefulStop
 
 METHODS = {"aevb": aevb.build}
 
@@ -42,6 +48,7 @@ class Progress:
     position: int = 0  # next index into `permutation`
     permutation: torch.Tensor | None = None  # this epoch's order of the training set (on device)
     wall_seconds: float = 0.0  # training and evaluation time, summed over resumptions
+    skipped: int = 0  # updates skipped for a non-finite bound or gradient (trainer.on_nan=skip_batch)
 
 
 def select_device(name: str) -> torch.device:
@@ -88,40 +95,53 @@ def evaluate(cfg, model, data: Dataset, samples: int) -> dict:
     return row
 
 
-def _check_finite(value: float, progress: Progress, cfg, run_dir: Path) -> None:
-    if not math.isfinite(value):
-        kept = run_dir / CHECKPOINT_FILE
-        kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written yet"
-        raise UserError(
-            f"the bound became non-finite by step {progress.step} ({progress.samples} samples); {kept_note}; "
-            f"lower the stepsize (optimizer.lr={cfg.optimizer.lr}) and start again"
-        )
+def _diverged(what: str, step: int, samples: int, cfg, run_dir: Path) -> UserError:
+    """The one-line report of a divergence: where, what is kept, and the fixes."""
+    return UserError(
+        f"{what} became non-finite at step {step} ({samples} samples); the last good checkpoint {run_dir / CHECKPOINT_FILE} "
+        f"is kept; lower the stepsize (optimizer.lr={cfg.optimizer.lr}) and start again, or skip such minibatches from "
+        f"the checkpoint with: vae-train resume_from={shlex.quote(str(run_dir))} trainer.on_nan=skip_batch"
+    )
 
 
 def _checkpoint(run_dir: Path, cfg, model, method, progress: Progress, generators: dict) -> Path:
+    if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a diverged model
+        raise _diverged("a parameter", progress.step, progress.samples, cfg, run_dir)
     return save_checkpoint(run_dir, {
         "config": to_container(cfg),
         "model": model.state_dict(),
         "method": method.state_dict(),
         "rng": {name: g.get_state() for name, g in generators.items()},
-        "progress": {k: getattr(progress, k) for k in ("step", "samples", "epoch", "position", "wall_seconds")},
+        "progress": {k: getattr(progress, k) for k in ("step", "samples", "epoch", "position", "wall_seconds", "skipped")},
         "permutation": None if progress.permutation is None else progress.permutation.cpu(),
     })
 
 
-def _restore(run_dir: Path, model, method, progress: Progress, generators: dict, device: torch.device) -> None:
-    state = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
+def _restore(run_dir: Path, cfg, model, method, progress: Progress, generators: dict, device: torch.device) -> None:
+    path = run_dir / CHECKPOINT_FILE
+    state = load_checkpoint(path, map_location=device)
+    saved, requested = flatten(state.get("config") or {}), flatten(to_container(cfg))
+    diff = config_differences(saved, requested)
+    if diff:
+        raise UserError(f"{path} was written by a run with {diff[0]}={saved.get(diff[0])!r}, not {requested.get(diff[0])!r} as "
+                        f"{run_dir / 'config.yaml'} says; put back this run's own checkpoint or start a new hydra.run.dir=")
     try:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"{run_dir / CHECKPOINT_FILE} does not fit the requested model ({str(e).splitlines()[0][:120]}); resume with the run's own config") from None
-    for name, g in generators.items():
-        g.set_state(state["rng"][name].cpu())
-    for k, v in state["progress"].items():
-        setattr(progress, k, v)
-    if state["permutation"] is not None:
-        progress.permutation = state["permutation"].to(device)
+        for name, g in generators.items():
+            g.set_state(state["rng"][name].cpu())
+        for k, v in state["progress"].items():
+            setattr(progress, k, v)
+        if state["permutation"] is not None:
+            progress.permutation = state["permutation"].to(device)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        reason = " ".join(str(e).replace("Error(s) in loading state_dict for VAE:", "").split())[:160] or type(e).__name__
+        raise UserError(f"{path} does not fit the requested model ({reason}); resume with the run's own config (vae-train resume_from={run_dir})") from None
+
+
+def optimizers_of(method) -> list[torch.optim.Optimizer]:
+    """The optimizers a training method holds as attributes (what the divergence guard watches)."""
+    return [v for v in vars(method).values() if isinstance(v, torch.optim.Optimizer)]
 
 
 def _tensorboard(cfg, run_dir: Path, samples: int):
@@ -135,13 +155,22 @@ def _tensorboard(cfg, run_dir: Path, samples: int):
 
 
 def train(cfg, run_dir: str | Path | None = None) -> dict:
-    """Run one training job as configured; return a summary (folder, counters, last bounds)."""
+    """Run one training job as configured; return a summary (folder, counters, last bounds).
+
+    SIGINT or SIGTERM saves a checkpoint at the next step boundary and raises RunStopped (a second
+    one exits at once). A non-finite bound or gradient stops the run, keeping the last good
+    checkpoint (`trainer.on_nan=stop`), or skips that update (`trainer.on_nan=skip_batch`).
+    """
     validate(cfg)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = HydraConfig.get().runtime.output_dir
-    run_dir = Path(run_dir)
+    with GracefulStop("vae-train: second {signal}: stopped at once, before the run folder was claimed") as stop:
+        return _train(cfg, Path(run_dir), stop)
+
+
+def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     t = cfg.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -155,66 +184,86 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
     method = METHODS[cfg.method.name](cfg, model, data.n_train, device)
     generators = {"data": torch.Generator().manual_seed(cfg.seed + 1),
                   "noise": torch.Generator(device=device).manual_seed(cfg.seed + 2)}
+    max_samples, batch_size = int(t.max_samples), t.batch_size
     start_run_dir(run_dir, to_container(cfg), t.resume)
     progress, metrics = Progress(), MetricsLog(run_dir)
+    if t.resume and (run_dir / CHECKPOINT_FILE).is_file():  # else killed before the checkpoint at sample 0
+        _restore(run_dir, cfg, model, method, progress, generators, device)
+        if progress.samples > max_samples:
+            raise UserError(f"trainer.max_samples={max_samples} is below the {progress.samples} samples {run_dir} has trained; "
+                            f"set trainer.max_samples= to at least {progress.samples}")
+        metrics.resume(progress.samples)  # rows past the checkpoint are recomputed, identically
     if t.resume:
-        _restore(run_dir, model, method, progress, generators, device)
-        metrics.resume(progress.samples)
-    max_samples, batch_size = int(t.max_samples), t.batch_size
+        save_config(run_dir, to_container(cfg))  # with this resumption's budget, device, ...
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        _checkpoint(run_dir, cfg, model, method, progress, generators)  # at sample 0, so that any later kill can resume
     schedule = [s for s in evaluation_points(t, batch_size, max_samples) if not metrics.rows or s > metrics.rows[-1]["samples"]]
     next_checkpoint = (progress.samples // int(t.checkpoint_every) + 1) * int(t.checkpoint_every)
     tb = _tensorboard(cfg, run_dir, progress.samples)
+    guard = NonFiniteGuard(optimizers_of(method), skip=t.on_nan == "skip_batch", device=device)
+    resume_command = f"vae-train resume_from={shlex.quote(str(run_dir))}"
+    stop.at_once_message = f"vae-train: second {{signal}}: stopped at once; the last checkpoint is kept; resume with: {resume_command}"
 
     bar = tqdm(total=max_samples, initial=progress.samples, unit="dp", unit_scale=True, dynamic_ncols=True,
                disable=not t.progress, desc=f"{cfg.method.name} {data.name} Nz={cfg.model.latent_dim}")
-    window_sum, window_n = torch.zeros((), device=device, dtype=torch.float64), 0
+    window_sum, window_n = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.int64)
     clock, last_eval = time.perf_counter(), (time.perf_counter(), progress.samples)
 
     def refresh() -> None:  # one host sync per `progress_every` steps
         nonlocal window_sum, window_n
-        if window_n:
-            running = window_sum.item() / window_n
-            _check_finite(running, progress, cfg, run_dir)
-            bar.set_postfix(bound=f"{running:.2f}", refresh=False)
-            bar.update(progress.samples - bar.n)
-            window_sum, window_n = torch.zeros_like(window_sum), 0
+        n_bad, first_bad = guard.collect(progress.step)
+        if n_bad and not guard.skip:
+            raise _diverged("the bound or a gradient", first_bad, first_bad * batch_size, cfg, run_dir)
+        progress.skipped += n_bad
+        if window_n.item():
+            bar.set_postfix(bound=f"{window_sum.item() / window_n.item():.2f}", refresh=False)
+            window_sum, window_n = torch.zeros_like(window_sum), torch.zeros_like(window_n)
+        bar.update(progress.samples - bar.n)
 
     def wall() -> float:
         return progress.wall_seconds + time.perf_counter() - clock
 
-    while True:
-        if schedule and progress.samples >= schedule[0]:
-            refresh()
-            row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
-            row.update(evaluate(cfg, method.model, data, progress.samples))
-            now = time.perf_counter()
-            row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
-            last_eval = (now, progress.samples)
-            _check_finite(row["train_bound"] + row["test_bound"], progress, cfg, run_dir)
-            metrics.append(row)
-            if tb:
-                for k in ("train_bound", "test_bound"):
-                    tb.add_scalar(f"bound/{k.split('_')[0]}", row[k], progress.samples)
-            bar.write(f"samples {progress.samples:>11,}  train {row['train_bound']:9.2f}  test {row['test_bound']:9.2f}")
-            schedule.pop(0)
-        if progress.samples >= max_samples:
-            break
-        if progress.samples >= next_checkpoint:
-            refresh()
-            progress.wall_seconds, clock = wall(), time.perf_counter()
-            _checkpoint(run_dir, cfg, model, method, progress, generators)
-            next_checkpoint += int(t.checkpoint_every)
-        idx = next_minibatch(progress, data, batch_size, generators["data"])
-        x = data.minibatch(idx, generators["noise"])
-        bounds = method.step(x, idx, generators["noise"])
-        window_sum += bounds.sum()
-        window_n += bounds.shape[0]
-        progress.step += 1
-        progress.samples += batch_size
-        if progress.step % t.progress_every == 0:
-            refresh()
-    refresh()
-    bar.close()
+    with bar:  # closed on any way out, so a last message starts on a line of its own
+        while True:
+            if schedule and progress.samples >= schedule[0]:
+                refresh()
+                row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
+                row.update(evaluate(cfg, method.model, data, progress.samples))
+                if guard.skip:
+                    row["skipped_steps"] = progress.skipped
+                now = time.perf_counter()
+                row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
+                last_eval = (now, progress.samples)
+                if not math.isfinite(row["train_bound"] + row["test_bound"]):
+                    raise _diverged("the evaluated bound", progress.step, progress.samples, cfg, run_dir)
+                metrics.append(row)
+                if tb:
+                    for k in ("train_bound", "test_bound"):
+                        tb.add_scalar(f"bound/{k.split('_')[0]}", row[k], progress.samples)
+                bar.write(f"samples {progress.samples:>11,}  train {row['train_bound']:9.2f}  test {row['test_bound']:9.2f}")
+                schedule.pop(0)
+            if progress.samples >= max_samples:
+                break
+            if progress.samples >= next_checkpoint or stop.requested:
+                refresh()
+                progress.wall_seconds, clock = wall(), time.perf_counter()
+                checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
+                next_checkpoint = (progress.samples // int(t.checkpoint_every) + 1) * int(t.checkpoint_every)
+                if stop.requested:
+                    raise RunStopped(f"{stop.signal_name}: saved a checkpoint at step {progress.step} ({progress.samples} samples) "
+                                     f"in {checkpoint}; resume with: {resume_command}", stop.exit_code)
+            idx = next_minibatch(progress, data, batch_size, generators["data"])
+            x = data.minibatch(idx, generators["noise"])
+            bounds = method.step(x, idx, generators["noise"])  # one update of Algorithm 1
+            guard.observe(bounds)
+            finite = torch.isfinite(bounds)
+            window_sum += torch.where(finite, bounds, 0).sum()
+            window_n += finite.sum()
+            progress.step += 1
+            progress.samples += batch_size
+            if progress.step % t.progress_every == 0:
+                refresh()
+        refresh()
     progress.wall_seconds, clock = wall(), time.perf_counter()
     checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
     if tb:
@@ -224,6 +273,8 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
     print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
     if figures:
         print(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
+    if progress.skipped:
+        print(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
     return {"run_dir": str(run_dir), "samples": progress.samples, "step": progress.step,
-            "train_bound": last["train_bound"], "test_bound": last["test_bound"],
+            "train_bound": last["train_bound"], "test_bound": last["test_bound"], "skipped_steps": progress.skipped,
             "wall_seconds": progress.wall_seconds, "metrics": str(metrics.path), "checkpoint": str(checkpoint)}

@@ -1,0 +1,421 @@
+"""Runs survive faults: kills at any moment, signals, failing writes, non-finite values.
+
+The subprocess tests kill the real `vae-train` with SIGKILL or SIGTERM at random moments (fixed
+seeds for the test's own randomness), resume it (`trainer.resume=true` and `resume_from=`), and
+compare its final checkpoint and metrics.jsonl with an uninterrupted run: identical on CPU. The
+in-process tests place a fault exactly where timing cannot: between the metrics and the checkpoint
+write, half-way through a checkpoint write, a NaN in a chosen minibatch, an infinite gradient.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config
+from vae_cli import runs
+from vae_cli import train as train_module
+from vae_cli.errors import RunStopped, UserError
+from vae_cli.optimizers import NonFiniteGuard, build_optimizer
+from vae_cli.runs import CHECKPOINT_FILE, WALL_CLOCK_FIELDS, MetricsLog, load_checkpoint, read_metrics
+from vae_cli.signals import GracefulStop
+from vae_cli.train import train
+
+SCRIPT = Path(sys.executable).parent / "vae-train"
+# Small and busy (Frey Face: quick to load): an evaluation every 10 steps, a checkpoint every 20, so
+# a kill lands in steps, evaluations, metrics writes, checkpoint writes and the final figures alike.
+KILL_RUN = ["dataset=frey", "model.latent_dim=5", "trainer.max_samples=1.5e4", "trainer.eval_schedule=linear", "trainer.eval_every=1e3",
+            "trainer.checkpoint_every=2e3", "trainer.eval_train_points=500", "trainer.eval_test_points=500",
+            "trainer.progress=false", "trainer.threads=1"]
+IN_PROCESS = ["dataset.n_train=1000", "trainer.eval_schedule=linear", "trainer.eval_every=1e3", "trainer.checkpoint_every=1e3",
+              "trainer.eval_train_points=500", "trainer.eval_test_points=500", "trainer.progress=false", "trainer.figures=false"]
+
+
+def _without_wall_clock(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in rows]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Same parameters, optimizer state, generators, counters and metrics (bar wall-clock fields)."""
+    a, b = load_checkpoint(run / CHECKPOINT_FILE), load_checkpoint(reference / CHECKPOINT_FILE)
+    for name, tensor in b["model"].items():
+        assert torch.equal(a["model"][name], tensor), name
+    method_a, method_b = runs.flatten(a["method"]), runs.flatten(b["method"])
+    assert method_a.keys() == method_b.keys()
+    for name, x in method_b.items():
+        assert (torch.equal(method_a[name], x) if torch.is_tensor(x) else method_a[name] == x), name
+    for name, state in b["rng"].items():
+        assert torch.equal(a["rng"][name], state), name
+    drop = lambda p: {k: v for k, v in p.items() if k != "wall_seconds"}  # noqa: E731
+    assert drop(a["progress"]) == drop(b["progress"])
+    assert torch.equal(a["permutation"], b["permutation"])
+    assert _without_wall_clock(read_metrics(run)) == _without_wall_clock(read_metrics(reference))
+    assert not list(run.rglob(runs.TEMPORARY_GLOB)), "a temporary file was left behind"
+
+
+# --- the real console script, killed at random moments ---------------------------------------------
+
+def _launch(args: list[str], data: Path) -> subprocess.Popen:
+    assert SCRIPT.is_file(), f"{SCRIPT} missing: install the package with the README's command"
+    env = {**os.environ, "VAE_CLI_DATA": str(data)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_until_training(proc: subprocess.Popen, run: Path, timeout: float = 300) -> float:
+    """Block until the process has (re)written the run's config.yaml, i.e. claimed the folder and
+    restored any checkpoint; return that moment. Kills before it find nothing written yet."""
+    config = run / runs.CONFIG_FILE
+    before = config.stat().st_ino if config.exists() else None
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if config.stat().st_ino != before:
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, shared_data):
+    """An uninterrupted run, and how long it trains (from claiming its folder to its exit)."""
+    run = tmp_path_factory.mktemp("faults") / "reference"
+    proc = _launch([*KILL_RUN, f"hydra.run.dir={run}"], shared_data)
+    started = _wait_until_training(proc, run)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return run, time.monotonic() - started
+
+
+def _rows(run: Path) -> int:
+    path = run / runs.METRICS_FILE
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def interrupt_and_resume(run: Path, data: Path, sig: int, n_signals: int, seconds: float, rng: random.Random,
+                         resume_commands: list[list[str]]) -> list[dict]:
+    """Start the run; after each (re)start wait until metrics.jsonl has 0-4 more rows (drawn), then
+    a random part of one evaluation interval (from the uninterrupted run's `seconds`), and send
+    `sig`; resume with the next of `resume_commands` (a SIGTERM'd run: with the command its message
+    names) until the run finishes. Waiting on rows, not on the clock alone, keeps the signals inside
+    the run however busy the machine is."""
+    log, args, interval = [], [*KILL_RUN, f"hydra.run.dir={run}"], seconds / 16
+    for attempt in range(n_signals + 1):
+        proc = _launch(args, data)
+        _wait_until_training(proc, run)
+        if attempt < n_signals:
+            rows, jitter = _rows(run) + rng.randint(0, 4), rng.uniform(0, 1) * interval
+            while proc.poll() is None and _rows(run) < rows:
+                time.sleep(0.002)
+            time.sleep(jitter)
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        out, err = proc.communicate(timeout=600)
+        kept = load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] if (run / CHECKPOINT_FILE).exists() else None
+        log.append({"after_rows": rows if attempt < n_signals else None, "jitter_s": round(jitter, 3) if attempt < n_signals else None,
+                    "rc": proc.returncode, "checkpoint_samples": kept, "metrics_rows": _rows(run),
+                    "leftover_temporaries": len(list(run.rglob(runs.TEMPORARY_GLOB))), "stderr": err.strip()})
+        if proc.returncode == 0:
+            return log
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 128 + signal.SIGTERM, log
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("vae-train: SIGTERM: saved a checkpoint at step "), log
+            args = shlex.split(lines[0].split("resume with: ", 1)[1])[1:]  # the exact command it prints
+        else:
+            assert proc.returncode == -signal.SIGKILL, log
+            args = resume_commands[attempt % len(resume_commands)]
+    raise AssertionError(f"the run did not finish: {log}")
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, shared_data, reference_run):
+    reference, seconds = reference_run
+    run = tmp_path / "killed"
+    ways = [[*KILL_RUN, "trainer.resume=true", f"hydra.run.dir={run}"],
+            [f"resume_from={run}"],
+            [f"resume_from={run}", "trainer.max_samples=1.5e4"]]
+    rng = random.Random(20131220)  # AEVB's arXiv date; the test's own randomness
+    log = interrupt_and_resume(run, shared_data, signal.SIGKILL, 5, seconds, rng, ways)
+    print(*log, sep="\n")
+    assert sum(entry["rc"] == -signal.SIGKILL for entry in log) >= 2, log  # kills landed before the end
+    assert_same_run(run, reference)
+
+
+def test_sigterm_saves_a_checkpoint_prints_the_resume_command_and_resumes_exactly(tmp_path, shared_data, reference_run):
+    reference, seconds = reference_run
+    run = tmp_path / "terminated"
+    log = interrupt_and_resume(run, shared_data, signal.SIGTERM, 3, seconds, random.Random(143), [])
+    print(*log, sep="\n")
+    assert sum(entry["rc"] == 128 + signal.SIGTERM for entry in log) >= 1, log
+    assert_same_run(run, reference)
+
+
+# --- the signal helper ------------------------------------------------------------------------------
+
+def _deliver(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)  # the handler runs in the main thread at the next bytecode
+
+
+def test_a_first_signal_asks_to_stop_a_second_exits_at_once_and_handlers_come_back(capfd):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with GracefulStop("vae-train: second {signal}: stopped at once") as stop:
+        assert not stop.requested
+        _deliver(signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGTERM" and stop.exit_code == 143
+        with pytest.raises(SystemExit) as exited:
+            _deliver(signal.SIGINT)
+        assert exited.value.code == 130
+    assert capfd.readouterr().err == "vae-train: second SIGINT: stopped at once\n"
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_sigint_in_process_stops_at_a_step_boundary_and_restores_the_handlers(tmp_path, shared_data, monkeypatch):
+    """train() is also called in-process (tests, Hydra's multirun): it must hand SIGINT back."""
+    evaluate = train_module.evaluate
+
+    def interrupted(cfg, model, data, samples):  # Ctrl-C during the evaluation at 2000 samples
+        if samples == 2000:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(cfg, model, data, samples)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    cfg = compose_config([f"dataset.root={shared_data}", *IN_PROCESS, "trainer.max_samples=4e3"])
+    with pytest.raises(RunStopped, match=r"^SIGINT: saved a checkpoint at step 20 \(2000 samples\) in .*; resume with: vae-train resume_from=") as stopped:
+        train(cfg, run_dir=tmp_path / "run")
+    assert stopped.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is before
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["progress"]["samples"] == 2000
+
+
+# --- kills and failures at exact places ------------------------------------------------------------
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL: nothing after it runs (it is not an Exception, so nothing catches it)."""
+
+
+def _train(tmp_path, name, *overrides, data_root):
+    return train(compose_config([f"dataset.root={data_root}", *IN_PROCESS, *overrides]), run_dir=tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, shared_data):
+    folder = tmp_path_factory.mktemp("straight")
+    _train(folder, "run", "trainer.max_samples=4e3", data_root=shared_data)
+    return folder / "run"
+
+
+def test_a_kill_between_the_metrics_write_and_the_checkpoint_write_resumes_exactly(tmp_path, shared_data, straight_run, monkeypatch):
+    append = MetricsLog.append
+
+    def append_then_die(self, row):
+        append(self, row)
+        if row["samples"] == 3000:  # the row is on disk, the checkpoint at 3000 is not
+            raise SimulatedKill
+
+    monkeypatch.setattr(MetricsLog, "append", append_then_die)
+    with pytest.raises(SimulatedKill):
+        _train(tmp_path, "run", "trainer.max_samples=4e3", data_root=shared_data)
+    run = tmp_path / "run"
+    assert read_metrics(run)[-1]["samples"] == 3000
+    assert load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] == 2000
+    monkeypatch.setattr(MetricsLog, "append", append)
+    _train(tmp_path, "run", "trainer.max_samples=4e3", "trainer.resume=true", data_root=shared_data)
+    assert_same_run(run, straight_run)  # the row at 3000 was dropped and recomputed, identically
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_and_resumes_exactly(tmp_path, shared_data, straight_run, monkeypatch):
+    write = runs.atomic_write_bytes
+
+    def die_half_way(path, data):
+        if path.name == "last.pt" and b"progress" in data and load_samples(data) == 3000:
+            partial = path.parent / f".{path.name}.killed.tmp"
+            partial.write_bytes(data[: len(data) // 2])  # what SIGKILL leaves: a partial temporary file
+            raise SimulatedKill
+        write(path, data)
+
+    def load_samples(data):
+        import io
+
+        return torch.load(io.BytesIO(data), weights_only=True)["progress"]["samples"]
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", die_half_way)
+    with pytest.raises(SimulatedKill):
+        _train(tmp_path, "run", "trainer.max_samples=4e3", data_root=shared_data)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] == 2000
+    assert list(run.rglob(runs.TEMPORARY_GLOB))
+    monkeypatch.setattr(runs, "atomic_write_bytes", write)
+    _train(tmp_path, "run", "trainer.max_samples=4e3", "trainer.resume=true", data_root=shared_data)
+    assert_same_run(run, straight_run)  # and the partial temporary file is gone
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_path, shared_data, straight_run, monkeypatch):
+    def die(run_dir, state):  # killed right after config.yaml, before the checkpoint at sample 0
+        raise SimulatedKill
+
+    monkeypatch.setattr(train_module, "save_checkpoint", die)
+    with pytest.raises(SimulatedKill):
+        _train(tmp_path, "run", "trainer.max_samples=4e3", data_root=shared_data)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {runs.CONFIG_FILE}
+    monkeypatch.undo()
+    _train(tmp_path, "run", "trainer.max_samples=4e3", "trainer.resume=true", data_root=shared_data)
+    assert_same_run(run, straight_run)
+
+
+class _HalfWritten:
+    """A file whose write stores half the bytes and then fails as a full disk does."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_checkpoint_write_failing_half_way_keeps_the_previous_checkpoint(tmp_path, shared_data, monkeypatch):
+    """Fault injection inside the real atomic write: the disk fills up during the checkpoint at 2000
+    samples (the third: 0, 1000, 2000), after half of it reached the temporary file."""
+    real_os, calls = os, {"checkpoints": 0}
+
+    class DiskFullDuringThirdCheckpoint:
+        def __getattr__(self, name):
+            return getattr(real_os, name)
+
+        def fdopen(self, fd, mode):
+            return _HalfWritten(real_os.fdopen(fd, mode)) if calls["checkpoints"] == 3 else real_os.fdopen(fd, mode)
+
+    save = runs.save_checkpoint
+
+    def counting_save(run_dir, state):
+        calls["checkpoints"] += 1
+        return save(run_dir, state)
+
+    monkeypatch.setattr(runs, "os", DiskFullDuringThirdCheckpoint())
+    monkeypatch.setattr(train_module, "save_checkpoint", counting_save)
+    with pytest.raises(UserError, match=r"could not write .*last\.pt \(No space left on device\); the previous version is kept"):
+        _train(tmp_path, "run", "trainer.max_samples=4e3", data_root=shared_data)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] == 1000  # the previous checkpoint, whole
+    assert not list(run.rglob(runs.TEMPORARY_GLOB))
+
+
+# --- divergence ------------------------------------------------------------------------------------
+
+def _poison_minibatch(monkeypatch, step: int) -> None:
+    """Put a NaN into the training minibatch of step `step` (counted from 1)."""
+    load, calls = train_module.load_dataset, {"n": 0}
+
+    def poisoned_load(cfg, device):
+        data = load(cfg, device)
+        minibatch = data.minibatch
+
+        def poisoned(idx, generator):
+            calls["n"] += 1
+            x = minibatch(idx, generator)
+            return torch.where(torch.arange(x.shape[0])[:, None] == 0, float("nan"), x) if calls["n"] == step else x
+
+        data.minibatch = poisoned
+        return data
+
+    monkeypatch.setattr(train_module, "load_dataset", poisoned_load)
+
+
+def _infinite_gradient(monkeypatch, step: int) -> None:
+    """Make one gradient infinite at step `step` while every bound stays finite."""
+    build, calls = train_module.build_vae, {"n": 0}
+
+    def build_with_hook(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad + float("inf") if calls["n"] == step else grad
+
+        next(model.parameters()).register_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_vae", build_with_hook)
+
+
+@pytest.mark.parametrize("fault", [_poison_minibatch, _infinite_gradient], ids=["nan-in-batch", "inf-gradient"])
+def test_on_nan_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch, fault):
+    fault(monkeypatch, step=25)
+    with pytest.raises(UserError, match=r"non-finite at step 25 \(2500 samples\); the last good checkpoint .*last\.pt is kept; "
+                                        r"lower the stepsize \(optimizer\.lr=0\.02\).*trainer\.on_nan=skip_batch"):
+        _train(tmp_path, "run", "trainer.max_samples=5e3", data_root=shared_data)
+    kept = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)
+    assert kept["progress"]["samples"] == 2000
+    assert all(torch.isfinite(t).all() for t in kept["model"].values())
+    assert all(r["samples"] <= 2000 for r in read_metrics(tmp_path / "run"))
+
+
+def test_on_nan_skip_batch_skips_the_bad_updates_and_counts_them(tmp_path, shared_data, monkeypatch, capsys):
+    load = train_module.load_dataset
+
+    def poisoned(cfg, device):  # one bad point: one bad minibatch in each of the 5 epochs
+        data = load(cfg, device)
+        data.train_eval = data.train.clone()
+        data.train[7] = float("nan")
+        return data
+
+    monkeypatch.setattr(train_module, "load_dataset", poisoned)
+    summary = _train(tmp_path, "run", "trainer.max_samples=5e3", "trainer.on_nan=skip_batch", data_root=shared_data)
+    assert summary["skipped_steps"] == 5 and summary["samples"] == 5000
+    rows = read_metrics(tmp_path / "run")
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["model"].values())
+    assert "skipped:    5 updates" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,extra", [("adagrad", {}), ("adam", {}), ("sgd", {"momentum": 0.9})])
+@pytest.mark.parametrize("fused", [True, False], ids=["device-flag", "host-sync"])
+def test_a_skipped_update_leaves_parameters_and_optimizer_state_exactly_as_they_were(name, extra, fused, monkeypatch):
+    """good, bad (first: before any state), good, bad, good under skip == the three good ones alone."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(name=name, lr=0.1, eps=1e-10, betas=[0.9, 0.999], momentum=extra.get("momentum", 0.0))
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(4, generator=g) for _ in range(3)]
+    nan = torch.tensor([1.0, float("nan"), 1.0, 1.0])
+
+    def run(sequence, guard_skip):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = build_optimizer(cfg, [p], torch.device("cpu"))
+        if not fused:
+            opt._step_supports_amp_scaling = False  # take the host-sync path of optimizers without the fused kernel
+        guard = NonFiniteGuard([opt], skip=guard_skip, device=torch.device("cpu"))
+        for grad in sequence:
+            p.grad = grad.clone()
+            opt.step()
+            guard.observe(torch.zeros(2))
+        return p.detach(), opt.state_dict()["state"], guard.collect(len(sequence))
+
+    p_skip, state_skip, (bad, first) = run([nan, grads[0], nan, grads[1], grads[2]], True)
+    p_ref, state_ref, _ = run(grads, True)
+    assert (bad, first) == (2, 1)
+    assert torch.equal(p_skip, p_ref)
+    for key, value in state_ref[0].items():
+        assert torch.equal(state_skip[0][key], value), key
