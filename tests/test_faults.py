@@ -10,6 +10,7 @@ write, half-way through a checkpoint write, a NaN in a chosen minibatch, an infi
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shlex
@@ -230,8 +231,11 @@ def test_a_kill_between_the_metrics_write_and_the_checkpoint_write_resumes_exact
     with pytest.raises(SimulatedKill):
         _train(tmp_path, "run", "trainer.max_samples=4e3", data_root=shared_data)
     run = tmp_path / "run"
-    assert read_metrics(run)[-1]["samples"] == 3000
+    rows = read_metrics(run)
+    assert rows[-1]["samples"] == 3000
     assert load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] == 2000
+    rows[-1]["train_bound"] = 0.0  # mark the row past the checkpoint: it must be dropped, not kept
+    (run / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(MetricsLog, "append", append)
     _train(tmp_path, "run", "trainer.max_samples=4e3", "trainer.resume=true", data_root=shared_data)
     assert_same_run(run, straight_run)  # the row at 3000 was dropped and recomputed, identically

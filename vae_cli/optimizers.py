@@ -55,7 +55,8 @@ class NonFiniteGuard:
         self._clean_steps = torch.zeros((), device=device, dtype=torch.int64)  # steps before the first of them
         self._step_bad = torch.zeros((), device=device, dtype=torch.bool)
         self._pending = 0  # steps observed since the last collect()
-        self._hooks = [opt.register_step_pre_hook(self._check_gradients) for opt in optimizers]
+        for optimizer in optimizers:
+            optimizer.register_step_pre_hook(self._check_gradients)
 
     def _check_gradients(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -86,7 +87,3 @@ class NonFiniteGuard:
         self._clean_steps.zero_()
         self._pending = 0
         return bad, first
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()

@@ -185,6 +185,8 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     generators = {"data": torch.Generator().manual_seed(cfg.seed + 1),
                   "noise": torch.Generator(device=device).manual_seed(cfg.seed + 2)}
     max_samples, batch_size = int(t.max_samples), t.batch_size
+    if stop.requested:
+        raise RunStopped(f"{stop.signal_name} before the run folder was claimed: nothing was written", stop.exit_code)
     start_run_dir(run_dir, to_container(cfg), t.resume)
     progress, metrics = Progress(), MetricsLog(run_dir)
     if t.resume and (run_dir / CHECKPOINT_FILE).is_file():  # else killed before the checkpoint at sample 0
