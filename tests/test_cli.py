@@ -49,11 +49,11 @@ def test_a_run_writes_config_metrics_checkpoint_and_figures(finished_run):
 # Each bad input: a preparation of the files it needs, the arguments ({run}: the run folder whose
 # files must stay unchanged, {tmp}: a scratch folder), and the words its one line must contain.
 
-def _copy_run(tmp: Path, run: Path, change) -> Path:
-    """A copy of the finished run whose checkpoint `change` spoils."""
+def _copy_run(tmp: Path, run: Path, change, file: str = "checkpoints/last.pt") -> Path:
+    """A copy of the finished run whose `file` (by default its checkpoint) `change` spoils."""
     copy = tmp / "run"
     shutil.copytree(run, copy)
-    change(copy / "checkpoints" / "last.pt")
+    change(copy / file)
     return copy
 
 
@@ -103,6 +103,7 @@ PREPARE = {
     "checkpoint of another decoder": lambda tmp, run, data: _copy_run(
         tmp, run, _edit_checkpoint(lambda s: s["config"]["model"].update(decoder="bernoulli"))),
     "checkpoint of other shapes": lambda tmp, run, data: _copy_run(tmp, run, _edit_checkpoint(_layer_shapes)),
+    "garbled metrics": lambda tmp, run, data: _copy_run(tmp, run, lambda p: p.write_text("{not json\n"), "metrics.jsonl"),
     "truncated mnist": lambda tmp, run, data: _truncated(data, "mnist.pkl.gz", tmp) or run,
     "truncated frey": lambda tmp, run, data: _truncated(data, "freyfaces.pkl", tmp) or run,
     "frey with one pixel changed": lambda tmp, run, data: _frey_pickle(tmp, _changed_frey_pixel(data)) or run,
@@ -149,6 +150,7 @@ BAD_INPUTS = [  # (arguments, the words of the one line, preparation)
     (["resume_from={run}"], "has checkpoint format 99, this vae-cli reads format 1", "checkpoint format 99"),
     (["resume_from={run}"], "was written by a run with model.decoder='bernoulli', not 'gaussian_sigmoid'", "checkpoint of another decoder"),
     (["resume_from={run}"], "does not fit the requested model (size mismatch for", "checkpoint of other shapes"),
+    (["resume_from={run}"], "metrics.jsonl is not a vae-cli metrics file (JSONDecodeError)", "garbled metrics"),
     (["resume_from={tmp}/nowhere"], "{tmp}/nowhere holds no run (config.yaml is missing)", "run"),
     (["resume_from="], "resume_from= needs a run folder", "run"),
     (["resume_from={run}", "seed=3"], "'seed=3' cannot change when resuming", "run"),

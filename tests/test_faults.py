@@ -61,6 +61,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert drop(a["progress"]) == drop(b["progress"])
     assert torch.equal(a["permutation"], b["permutation"])
     assert _without_wall_clock(read_metrics(run)) == _without_wall_clock(read_metrics(reference))
+    for figure in (reference / "figures").glob("*.png"):
+        assert (run / "figures" / figure.name).read_bytes() == figure.read_bytes(), figure.name
     assert not list(run.rglob(runs.TEMPORARY_GLOB)), "a temporary file was left behind"
 
 

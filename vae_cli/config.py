@@ -154,11 +154,11 @@ def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
     return unknown
 
 
-def validate(cfg: DictConfig, schema: type = TrainConfig) -> None:
+def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train") -> None:
     """Raise a one-line UserError for the first out-of-range value, naming the key and a fix."""
     extra = unknown_keys(cfg, schema)
     if extra:
-        raise UserError(f"unknown config key '{extra[0]}'; see the keys with `vae-train --cfg job`")
+        raise UserError(f"unknown config key '{extra[0]}'; see the keys with `{prog} --cfg job`")
     get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
     for key, allowed in CHOICES.items():
         if get(key) not in allowed:

@@ -2,9 +2,10 @@
 watches every update for divergence (`trainer.on_nan`).
 
 Adagrad's unstated details (PAPER.md §10.5) follow PyTorch: accumulator starting at 0, eps outside
-the root, no extra learning-rate decay (its own growing accumulator is the "annealing"). The fused
-kernels are used where this torch has them (one pass over all parameters instead of a loop per
-tensor); they also take a device-side "skip this update" flag, which `NonFiniteGuard` uses.
+the root, no extra learning-rate decay (its own growing accumulator is the "annealing"). The
+multi-tensor path is used on every device: fused kernels on CPU (one pass over all parameters
+instead of a Python loop per tensor; they also take the device-side "skip this update" flag that
+`NonFiniteGuard` uses), foreach kernels on CUDA.
 """
 
 from __future__ import annotations
@@ -16,18 +17,15 @@ import torch
 
 def build_optimizer(cfg, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
     params = list(params)
+    fast = {"fused": True} if device.type == "cpu" else {"foreach": True}
     if cfg.name == "adagrad":
-        make = lambda **fast: torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, **fast)  # noqa: E731
+        optimizer = torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, **fast)
     elif cfg.name == "adam":
-        make = lambda **fast: torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, betas=tuple(cfg.betas), **fast)  # noqa: E731
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, betas=tuple(cfg.betas), **fast)
     elif cfg.name == "sgd":
-        make = lambda **fast: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **fast)  # noqa: E731
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **fast)
     else:
         raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of adagrad, adam, sgd")
-    try:
-        optimizer = make(fused=True)
-    except (RuntimeError, TypeError):  # an older torch without this fused kernel on this device
-        optimizer = make(foreach=device.type == "cuda")
     if cfg.name == "sgd" and cfg.momentum > 0:
         # Zero buffers equal PyTorch's first-step copy of the gradient (dampening 0), and stay
         # defined when the first update is skipped (the fused kernel leaves a lazy buffer unset).
@@ -43,9 +41,10 @@ class NonFiniteGuard:
     kernel torch's AMP gradient scaler uses); `observe(bounds)` after the method's step adds the
     bound. With `skip=True` an update with a non-finite gradient is skipped: fused optimizers take
     the flag as `found_inf` and leave parameters and state untouched on the device (as under AMP);
-    other optimizers read the flag on the host and drop the gradients. A non-finite bound always
-    gives non-finite gradients here (NaN and inf propagate through backward), so it is skipped too.
-    `collect()` is the one host sync, once every `trainer.progress_every` steps.
+    the others (foreach, on CUDA) read the flag on the host each step and drop the gradients, as
+    AMP's scaler does for them. A non-finite bound always gives non-finite gradients here (NaN and
+    inf propagate through backward), so it is skipped too. Without `skip`, `collect()` is the one
+    host sync, once every `trainer.progress_every` steps.
     """
 
     def __init__(self, optimizers: Iterable[torch.optim.Optimizer], skip: bool, device: torch.device):

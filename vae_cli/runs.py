@@ -173,11 +173,7 @@ class MetricsLog:
     def resume(self, samples: int) -> None:
         """Keep the rows up to the checkpoint's sample count: none duplicated, none missing."""
         if self.path.is_file():
-            try:
-                rows = read_metrics(self.path.parent)
-                self.rows = [r for r in rows if r["samples"] <= samples]
-            except (ValueError, KeyError, TypeError) as e:
-                raise UserError(f"{self.path} is not a vae-cli metrics file ({type(e).__name__}: {str(e)[:80]}); restore it or start a new run") from None
+            self.rows = [r for r in read_metrics(self.path.parent) if r["samples"] <= samples]
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
@@ -185,8 +181,17 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl; a missing or foreign file is a one-line UserError."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no {METRICS_FILE}; point at a run folder such as outputs/<date>/<time>")
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a vae-cli metrics file ({type(e).__name__}); restore it or start a new run") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("samples"), int) for r in rows):
+        raise UserError(f"{path} is not a vae-cli metrics file (a row without its sample count); restore it or start a new run")
+    return rows
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
