@@ -31,7 +31,7 @@ from .evaluate import evaluate_bound, evaluation_generator
 from .figures import save_run_figures
 from .models import build_vae
 from .optimizers import NonFiniteGuard
-from .runs import (CHECKPOINT_FILE, MetricsLog, config_differences, flatten, load_checkpoint, save_checkpoint, save_config,
+from .runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences, flatten, load_checkpoint, save_checkpoint, save_config,
                    start_run_dir)
 from .signals import GracefulStop
 
@@ -124,7 +124,7 @@ def _restore(run_dir: Path, cfg, model, method, progress: Progress, generators: 
     diff = config_differences(saved, requested)
     if diff:
         raise UserError(f"{path} was written by a run with {diff[0]}={saved.get(diff[0])!r}, not {requested.get(diff[0])!r} as "
-                        f"{run_dir / 'config.yaml'} says; put back this run's own checkpoint or start a new hydra.run.dir=")
+                        f"{run_dir / CONFIG_FILE} says; put back this run's own checkpoint or start a new hydra.run.dir=")
     try:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
@@ -136,7 +136,7 @@ def _restore(run_dir: Path, cfg, model, method, progress: Progress, generators: 
             progress.permutation = state["permutation"].to(device)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
         reason = " ".join(str(e).replace("Error(s) in loading state_dict for VAE:", "").split())[:160] or type(e).__name__
-        raise UserError(f"{path} does not fit the requested model ({reason}); resume with the run's own config (vae-train resume_from={run_dir})") from None
+        raise UserError(f"{path} does not fit the requested model ({reason}); put back this run's own checkpoint or start a new hydra.run.dir=") from None
 
 
 def optimizers_of(method) -> list[torch.optim.Optimizer]:
