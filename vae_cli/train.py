@@ -135,7 +135,7 @@ def _restore(run_dir: Path, cfg, model, method, progress: Progress, generators: 
         if state["permutation"] is not None:
             progress.permutation = state["permutation"].to(device)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
-        reason = " ".join(str(e).replace("Error(s) in loading state_dict for VAE:", "").split())[:160] or type(e).__name__
+        reason = " ".join(str(e).replace("Error(s) in loading state_dict for VAE:", "").split())[:240] or type(e).__name__
         raise UserError(f"{path} does not fit the requested model ({reason}); put back this run's own checkpoint or start a new hydra.run.dir=") from None
 
 
