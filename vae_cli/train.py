@@ -9,6 +9,7 @@ continue exactly. `train(cfg, run_dir) -> dict` is the whole job; the console sc
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import aevb
+from . import aevb, full_vb
 from .config import to_container, validate
 from .data import Dataset, load_dataset
 from .errors import UserError
@@ -29,7 +30,7 @@ from .runs import CHECKPOINT_FILE, MetricsLog, load_checkpoint, save_checkpoint,
 
 log = logging.getLogger(__name__)
 
-METHODS = {"aevb": aevb.build}
+METHODS = {"aevb": aevb.build, "full_vb": full_vb.build}
 
 
 @dataclass
@@ -77,13 +78,20 @@ def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator
     return idx
 
 
-def evaluate(cfg, model, data: Dataset, samples: int) -> dict:
-    """The train and test lower bounds of one metrics row (same function for both sets)."""
+def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
+    """The train and test lower bounds of one metrics row (same function for both sets).
+
+    The bound is `evaluate_bound` of `method.model`, unless the method evaluates it itself and says
+    how in extra fields of the row (full VB: theta at q(theta)'s mean or averaged over draws).
+    """
     t = cfg.trainer
     generator = evaluation_generator(data.test.device, cfg.seed, samples)
+    bound_of = getattr(method, "evaluate_bound", functools.partial(evaluate_bound, method.model))
     row = {"estimator": t.eval_estimator, "n_samples": t.eval_n_samples}
+    if hasattr(method, "evaluation_fields"):
+        row.update(method.evaluation_fields())
     for split, x, n_points in (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points)):
-        bound = evaluate_bound(model, x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
+        bound = bound_of(x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
         row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
     return row
 
@@ -186,7 +194,7 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
         if schedule and progress.samples >= schedule[0]:
             refresh()
             row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
-            row.update(evaluate(cfg, method.model, data, progress.samples))
+            row.update(evaluate(cfg, method, data, progress.samples))
             now = time.perf_counter()
             row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
             last_eval = (now, progress.samples)
