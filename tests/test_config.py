@@ -9,7 +9,7 @@ from vae_cli.config import validate
 from vae_cli.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["dataset", "model", "method", "estimator", "optimizer", "prior", "trainer", "logger"]
+GROUPS = ["dataset", "model", "method", "estimator", "optimizer", "prior", "posterior", "trainer", "logger"]
 
 
 @pytest.mark.parametrize(

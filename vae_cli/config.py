@@ -1,6 +1,6 @@
 """Typed schemas of the config groups in `conf/`, and the checks Hydra's types cannot express.
 
-Each group of `conf/` (dataset, model, method, estimator, optimizer, prior, trainer, logger) has a
+Each group of `conf/` (dataset, model, method, estimator, optimizer, prior, posterior, trainer, logger) has a
 dataclass here; `conf/train.yaml` composes onto `TrainConfig`, so a misspelt key or a value of the
 wrong type fails at composition with the key's name. `validate` then checks ranges (positive sizes,
 rates and budgets; names that pick an implementation) and raises a one-line `UserError`.
@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "aevb"  # aevb
+    name: str = "aevb"  # aevb | full_vb (App. F)
 
 
 @dataclass
@@ -66,6 +66,15 @@ class OptimizerConfig:
 class PriorConfig:
     precision: float = 1.0  # p(theta) = N(0, I / precision); the paper's MAP uses N(0, I)
     scope: str = "weights"  # weights (as [K]) | all | none
+
+
+@dataclass
+class PosteriorConfig:
+    """q_phi(theta) of method=full_vb (AEVB App. F.1); unused by the other methods."""
+
+    init_log_sigma: float = -5.0  # log sigma_theta of every decoder parameter at the start
+    kl: str = "closed_form"  # closed_form (eq. 24) | monte_carlo (log p_alpha - log q at the drawn theta, eq. 21)
+    eval_draws: int = 0  # train/test bounds: 0 at theta = q's mean; K > 0 averaged over K draws theta ~ q
 
 
 @dataclass
@@ -103,6 +112,7 @@ class TrainConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0  # one seed for initialisation, data order and noise
@@ -119,7 +129,8 @@ CHOICES = {
     "dataset.test_split": ("test", "valid"),
     "model.name": ("vae", "linear_gaussian"),
     "model.decoder": ("bernoulli", "gaussian", "gaussian_sigmoid", "linear_gaussian"),
-    "method.name": ("aevb",),
+    "method.name": ("aevb", "full_vb"),
+    "posterior.kl": ("closed_form", "monte_carlo"),
     "estimator.name": ("sgvb_a", "sgvb_b"),
     "trainer.eval_estimator": ("sgvb_a", "sgvb_b"),
     "optimizer.name": ("adagrad", "adam", "sgd"),
@@ -136,7 +147,7 @@ POSITIVE = (
     "trainer.checkpoint_every", "trainer.progress_every", "dataset.n_train", "dataset.train_frames",
     "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads",
 )
-NON_NEGATIVE = ("prior.precision", "optimizer.momentum")
+NON_NEGATIVE = ("prior.precision", "optimizer.momentum", "posterior.eval_draws")
 WHOLE_NUMBERS = ("trainer.max_samples", "trainer.eval_first", "trainer.eval_every", "trainer.checkpoint_every")
 
 
@@ -177,6 +188,8 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train
         raise UserError(f"model.hidden={list(cfg.model.hidden)} must hold positive layer sizes, e.g. model.hidden=[500]")
     if cfg.dataset.binarize != "none" and cfg.model.decoder != "bernoulli":
         raise UserError(f"dataset.binarize={cfg.dataset.binarize} needs a Bernoulli decoder; set dataset.binarize=none for {cfg.model.decoder}")
+    if cfg.method.name == "full_vb" and cfg.prior.precision == 0:
+        raise UserError("method=full_vb needs a proper hyperprior p_alpha(theta) for KL(q(theta) || p(theta)); set prior.precision= above 0 (paper: 1)")
     if cfg.dataset.name == "frey" and cfg.dataset.test_split != "test":
         raise UserError("Frey Face has one held-out split; leave dataset.test_split=test and move dataset.train_frames instead")
 

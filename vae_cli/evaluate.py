@@ -22,13 +22,22 @@ class BoundEstimate:
 
 
 @torch.no_grad()
-def evaluate_bound(model, x: torch.Tensor, estimator: str, n_samples: int, batch_size: int, generator: torch.Generator) -> BoundEstimate:
-    """Mean and standard error of the per-datapoint bound over the rows of `x`."""
+def bounds_per_datapoint(model, x: torch.Tensor, estimator: str, n_samples: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """One SGVB estimate of the bound for each row of `x`, (n,), in float64, evaluated in batches."""
     estimate = get_estimator(estimator)
-    bounds = torch.cat([estimate(model, batch, n_samples, generator) for batch in x.split(batch_size)]).double()
+    return torch.cat([estimate(model, batch, n_samples, generator) for batch in x.split(batch_size)]).double()
+
+
+def summarize_bounds(bounds: torch.Tensor) -> BoundEstimate:
+    """Mean and standard error over datapoints of per-datapoint bounds."""
     n = bounds.numel()
     std_err = bounds.std().item() / math.sqrt(n) if n > 1 else float("nan")
     return BoundEstimate(bounds.mean().item(), std_err, n)
+
+
+def evaluate_bound(model, x: torch.Tensor, estimator: str, n_samples: int, batch_size: int, generator: torch.Generator) -> BoundEstimate:
+    """Mean and standard error of the per-datapoint bound over the rows of `x`."""
+    return summarize_bounds(bounds_per_datapoint(model, x, estimator, n_samples, batch_size, generator))
 
 
 def evaluation_generator(device: torch.device, seed: int, samples: int) -> torch.Generator:

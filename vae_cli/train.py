@@ -14,6 +14,7 @@ checkpoint of non-finite parameters is ever written.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import aevb
+from . import aevb, full_vb
 from .config import to_container, validate
 from .data import Dataset, load_dataset
 from .errors import RunStopped, UserError
@@ -35,7 +36,7 @@ from .runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences,
                    start_run_dir)
 from .signals import GracefulStop
 
-METHODS = {"aevb": aevb.build}
+METHODS = {"aevb": aevb.build, "full_vb": full_vb.build}
 
 
 @dataclass
@@ -84,13 +85,20 @@ def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator
     return idx
 
 
-def evaluate(cfg, model, data: Dataset, samples: int) -> dict:
-    """The train and test lower bounds of one metrics row (same function for both sets)."""
+def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
+    """The train and test lower bounds of one metrics row (same function for both sets).
+
+    The bound is `evaluate_bound` of `method.model`, unless the method evaluates it itself and says
+    how in extra fields of the row (full VB: theta at q(theta)'s mean or averaged over draws).
+    """
     t = cfg.trainer
     generator = evaluation_generator(data.test.device, cfg.seed, samples)
+    bound_of = getattr(method, "evaluate_bound", functools.partial(evaluate_bound, method.model))
     row = {"estimator": t.eval_estimator, "n_samples": t.eval_n_samples}
+    if hasattr(method, "evaluation_fields"):
+        row.update(method.evaluation_fields())
     for split, x, n_points in (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points)):
-        bound = evaluate_bound(model, x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
+        bound = bound_of(x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
         row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
     return row
 
@@ -105,12 +113,14 @@ def _diverged(what: str, step: int, samples: int, cfg, run_dir: Path) -> UserErr
 
 
 def _checkpoint(run_dir: Path, cfg, model, method, progress: Progress, generators: dict) -> Path:
-    if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a diverged model
-        raise _diverged("a parameter", progress.step, progress.samples, cfg, run_dir)
+    model_state, method_state = model.state_dict(), method.state_dict()
+    tensors = [*model_state.values(), *flatten(method_state).values()]
+    if not all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point()):
+        raise _diverged("a parameter", progress.step, progress.samples, cfg, run_dir)  # never save a diverged model
     return save_checkpoint(run_dir, {
         "config": to_container(cfg),
-        "model": model.state_dict(),
-        "method": method.state_dict(),
+        "model": model_state,
+        "method": method_state,
         "rng": {name: g.get_state() for name, g in generators.items()},
         "progress": {k: getattr(progress, k) for k in ("step", "samples", "epoch", "position", "wall_seconds", "skipped")},
         "permutation": None if progress.permutation is None else progress.permutation.cpu(),
@@ -230,7 +240,7 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
             if schedule and progress.samples >= schedule[0]:
                 refresh()
                 row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
-                row.update(evaluate(cfg, method.model, data, progress.samples))
+                row.update(evaluate(cfg, method, data, progress.samples))
                 if guard.skip:
                     row["skipped_steps"] = progress.skipped
                 now = time.perf_counter()

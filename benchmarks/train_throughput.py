@@ -1,0 +1,171 @@
+"""Training-step throughput of vae-train against a pytorch/examples-style loop and the GEMM bound.
+
+Three things are timed side by side in one process, interleaved over rounds (medians reported), at
+the paper's MNIST model (784-500-Nz, Nz=20, tanh, Bernoulli decoder) for each minibatch size M:
+
+- `vae-cli`: the package's own code path — `aevb.build` (SGVB B + MAP objective, fused Adagrad),
+  `train.next_minibatch` and `Dataset.minibatch` — exactly what `vae-train` runs per step.
+- `examples`: the loop of pytorch/examples' VAE written here as a reference (TensorDataset +
+  shuffling DataLoader, nn.Module with sigmoid output, BCE on probabilities + KLD summed,
+  Adagrad with PyTorch's default implementation, `loss.item()` every step).
+- `gemm bound`: the matrix products of one step alone at the model's shapes (forward, and the
+  input and weight gradients of backward), timed back to back: no model can step faster.
+
+Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N]
+Prints datapoints/s, the ratio of vae-cli to the examples loop and vae-cli's share of the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vae_cli import aevb
+from vae_cli.data import Dataset, load_dataset
+from vae_cli.train import Progress, next_minibatch
+
+D, H, J = 784, 500, 20
+
+
+def mnist_or_noise(n: int) -> torch.Tensor:
+    """Real MNIST training pixels when the data folder is available, else uniform noise of that shape."""
+    from hydra import compose, initialize_config_module
+
+    from vae_cli.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="vae_cli.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"model.latent_dim={J}"])
+    try:
+        return load_dataset(cfg.dataset, torch.device("cpu")).train[:n], cfg
+    except Exception as e:  # noqa: BLE001 - a benchmark falls back to noise of the same shape
+        print(f"(no MNIST: {str(e)[:80]}...; timing on uniform noise of the same shape)")
+        return torch.rand(n, D), cfg
+
+
+class ExamplesVAE(nn.Module):
+    """pytorch/examples' VAE with the paper's sizes (tanh, one hidden layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(D, H), nn.Linear(H, J), nn.Linear(H, J)
+        self.fc3, self.fc4 = nn.Linear(J, H), nn.Linear(H, D)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(torch.tanh(self.fc3(z)))), mu, logvar
+
+
+def examples_runner(train_x: torch.Tensor, batch_size: int):
+    model = ExamplesVAE()
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=0.02)
+    loader = DataLoader(TensorDataset(train_x), batch_size=batch_size, shuffle=True)
+    batches = iter(loader)
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            (x,) = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            (x,) = next(batches)
+        recon, mu, logvar = model(x)
+        bce = F.binary_cross_entropy(recon, x, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = bce + kld
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    return step
+
+
+def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int):
+    from vae_cli.models import build_vae
+
+    data = Dataset("mnist", train_x, train_x[:1000], train_x, (28, 28), "none")
+    model = build_vae(D, J, [H], "bernoulli", 0.01, torch.Generator().manual_seed(0))
+    method = aevb.build(cfg, model, data.n_train, torch.device("cpu"))
+    progress, data_gen, noise_gen = Progress(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    window = torch.zeros((), dtype=torch.float64)
+
+    def step() -> None:
+        nonlocal window
+        idx = next_minibatch(progress, data, batch_size, data_gen)
+        bounds = method.step(data.minibatch(idx, noise_gen), idx, noise_gen)
+        window += bounds.sum()  # the loop's running bound, read only every progress_every steps
+
+    return step
+
+
+def gemm_runner(batch_size: int):
+    """The step's matrix products: 4 forward, and dX (3; none for the input layer) + dW (4) backward."""
+    M = batch_size
+    shapes = [  # (rows, inner, cols) of every product in one training step
+        (M, D, H), (M, H, 2 * J), (M, J, H), (M, H, D),  # forward: encoder, heads, decoder, output
+        (M, D, H), (M, H, J), (M, 2 * J, H),  # backward dX: output, decoder hidden, heads
+        (D, M, H), (H, M, J), (2 * J, M, H), (H, M, D),  # backward dW (transposed products)
+    ]
+    operands = [(torch.rand(a, b), torch.rand(b, c), torch.empty(a, c)) for a, b, c in shapes]
+    flops = sum(2 * a * b * c for a, b, c in shapes)
+
+    def step() -> None:
+        for a, b, out in operands:
+            torch.mm(a, b, out=out)
+
+    return step, flops
+
+
+def rate(step, batch_size: int, min_seconds: float) -> float:
+    """Datapoints per second of `step` over at least `min_seconds` (after a warm-up)."""
+    for _ in range(3):
+        step()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds:
+        step()
+        n += 1
+    return n * batch_size / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_x, cfg = mnist_or_noise(50_000)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+          f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
+    for batch_size in args.batch_sizes:
+        runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "examples": examples_runner(train_x, batch_size)}
+        gemm, flops = gemm_runner(batch_size)
+        runners["gemm bound"] = gemm
+        rates = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, step in runners.items():
+                rates[name].append(rate(step, batch_size, args.seconds))
+        med = {name: statistics.median(r) for name, r in rates.items()}
+        print(f"\nM = {batch_size}  (step GEMMs: {flops / batch_size / 1e6:.2f} MFLOP per datapoint, "
+              f"{med['gemm bound'] * flops / batch_size / 1e9:.0f} GFLOP/s in the bound)")
+        for name, value in med.items():
+            print(f"  {name:<11} {value:>10,.0f} datapoints/s")
+        print(f"  vae-cli / examples loop : {med['vae-cli'] / med['examples']:.2f}x")
+        print(f"  vae-cli / GEMM bound    : {med['vae-cli'] / med['gemm bound']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

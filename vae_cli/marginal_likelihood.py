@@ -1,0 +1,86 @@
+"""Estimators of the marginal likelihood log p_theta(x), one value per datapoint.
+
+Each estimator is a function `(model, x, settings, generator) -> (M,)` that needs only the model
+interface (`log_joint`, and `encoder` where it samples from q). `appendix_d` is the paper's own
+estimator (AEVB App. D), used for Fig. 3: posterior samples by HMC, a density q(z) fitted to them,
+and the reciprocal importance-sampling (harmonic-mean) identity
+    1/p(x) = E_{p(z|x)}[ q(z) / p(x, z) ]
+evaluated with fresh posterior samples. It is reliable only for small N_z (the paper: below 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .distributions import LOG_2PI
+from .hmc import init_state, run_chains
+
+
+@dataclass
+class AppendixDSettings:
+    n_samples: int = 50  # L posterior draws to fit q(z), and L fresh ones to estimate (AEVB App. E: 50)
+    # draws come from independent chains, one chain per datapoint for each half
+    n_leapfrog: int = 4  # leapfrog steps per HMC transition (AEVB App. E)
+    n_adapt: int = 100  # burn-in transitions that adapt the step size, discarded (PAPER.md §10.10)
+    thin: int = 5  # transitions between kept draws (PAPER.md §10.10: unstated; 5 mixes well on our tests)
+    target_accept: float = 0.9  # AEVB App. E
+    init_step_size: float = 0.1
+    density: str = "gaussian"  # q(z): gaussian (full covariance) | diagonal
+    cov_scale: float = 1.0  # q covariance = cov_scale x the covariance of the draws (< 1: lighter tails)
+
+
+def posterior_samples(model, x: torch.Tensor, n_draws: int, s: AppendixDSettings, generator: torch.Generator):
+    """HMC draws from p(z|x) proportional to p(z) p(x|z) (AEVB App. D step 1): `(n_draws, M, J)`.
+
+    One chain per datapoint, started from the prior, adapted for `n_adapt` transitions.
+    """
+    def log_prob(z):
+        return model.log_joint(x, z)
+
+    z0 = torch.randn((x.shape[0], model.latent_dim), generator=generator, device=x.device, dtype=x.dtype)
+    step = torch.tensor(s.init_step_size, device=x.device, dtype=x.dtype)
+    return run_chains(init_state(z0, log_prob), log_prob, step, s.n_leapfrog, n_draws, s.n_adapt, generator,
+                      target_accept=s.target_accept, thin=s.thin)
+
+
+def fit_gaussian(draws: torch.Tensor, full_covariance: bool = True, cov_scale: float = 1.0, jitter: float = 1e-6):
+    """Per-datapoint Gaussian fit to draws `(L, M, J)`: its log-density as a function of `(L', M, J)`.
+
+    Any normalised q keeps E_post[q/p(x,z)] = 1/p(x); the variance of that ratio is finite only
+    when q is lighter-tailed than the posterior, hence `cov_scale` < 1 in App. D use.
+    """
+    mean = draws.mean(0)  # (M, J)
+    centred = draws - mean
+    n, J = draws.shape[0], draws.shape[-1]
+    cov = torch.einsum("lmi,lmj->mij", centred, centred) / max(n - 1, 1)  # (M, J, J)
+    if not full_covariance:
+        cov = torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))
+    cov = cov_scale * cov + jitter * torch.eye(J, device=draws.device, dtype=draws.dtype)
+    chol = torch.linalg.cholesky(cov)
+    half_log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (M,)
+
+    def log_q(z: torch.Tensor) -> torch.Tensor:
+        r = (z - mean).unsqueeze(-1)  # (L', M, J, 1)
+        solved = torch.linalg.solve_triangular(chol.expand(z.shape[0], -1, -1, -1), r, upper=False)
+        return -0.5 * (solved**2).sum((-1, -2)) - half_log_det - 0.5 * J * LOG_2PI
+
+    return log_q
+
+
+def appendix_d(model, x: torch.Tensor, settings: AppendixDSettings, generator: torch.Generator) -> torch.Tensor:
+    """log p(x) ~ -log mean_l q(z_l) / p(x, z_l), z_l fresh posterior draws (AEVB App. D).
+
+    The L draws that fit q(z) and the L fresh draws come from two independent chains per datapoint,
+    so q is independent of the draws it is evaluated at and E[q(z)/p(x,z)] = 1/p(x) holds exactly
+    (halves of one chain, as in [K], share its autocorrelation and bias the estimate upward in 1/p).
+    """
+    M = x.shape[0]
+    draws = posterior_samples(model, x.repeat(2, 1), settings.n_samples, settings, generator).samples
+    fit, fresh = draws[:, :M], draws[:, M:]  # (L, M, J) each
+    log_q = fit_gaussian(fit, full_covariance=settings.density == "gaussian", cov_scale=settings.cov_scale)
+    with torch.no_grad():
+        log_ratio = log_q(fresh) - model.log_joint(x, fresh)  # (L, M)
+    return -(torch.logsumexp(log_ratio, 0) - math.log(settings.n_samples))
