@@ -35,8 +35,13 @@ RESUMABLE_CHANGES = {
 }
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename over `path`.
+
+    With `overwrite=False` the file is hard-linked into place instead, which fails with
+    FileExistsError when `path` exists, so an earlier result is never replaced (not even by a
+    concurrent writer).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -45,10 +50,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
