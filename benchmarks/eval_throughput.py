@@ -31,7 +31,7 @@ from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealin
 from vae_cli.models import build_vae
 
 
-def load_model_and_points(run_dir: str | None, n: int):
+def load_model_and_points(run_dir: str | None, n: int, use_data: bool = True):
     if run_dir:
         from pathlib import Path
 
@@ -41,7 +41,7 @@ def load_model_and_points(run_dir: str | None, n: int):
     else:
         model = build_vae(784, 20, [500], "bernoulli", 0.01, torch.Generator().manual_seed(0)).eval().requires_grad_(False)
     x = None
-    if os.environ.get("VAE_CLI_DATA"):
+    if use_data and os.environ.get("VAE_CLI_DATA"):
         from omegaconf import OmegaConf
 
         from vae_cli.config import DatasetConfig
@@ -118,12 +118,23 @@ def layer_shapes(rows: int, encoder_rows: int) -> list[tuple[int, int, int]]:
 
 
 def rss_probe(mode: str, run_dir: str | None) -> None:
-    """Child process: run one IWAE batch (or nothing) and print the peak RSS in MiB."""
-    model, x = load_model_and_points(run_dir, 20)
+    """Child process: run one IWAE batch (or nothing) and print the peak RSS in MiB. The inputs are
+    random pixels, so reading the data set does not set the peak."""
+    model, x = load_model_and_points(run_dir, 20, use_data=False)
     if mode != "baseline":
         chunk = 100 if mode == "chunked" else 5000
         iwae(model, x, IWAESettings(k=5000, chunk_size=chunk), torch.Generator().manual_seed(0))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM (Linux) starts afresh at exec; getrusage's
+    ru_maxrss would keep the high-water mark of the parent that forked us."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

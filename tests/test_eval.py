@@ -17,6 +17,7 @@ import torch
 from conftest import compose_config
 from vae_cli.config import validate_eval
 from vae_cli.errors import UserError
+from vae_cli.eval_run import evaluate
 from vae_cli.train import train
 
 SCRIPT = Path(sys.executable).parent / "vae-eval"
@@ -82,6 +83,16 @@ def test_a_second_evaluation_gets_a_new_name_and_the_same_numbers(vae_run, share
     assert [Path(n).stem for n in new] == ["elbo-test-002"] * 3
     a, b = (np.load(vae_run / "eval" / f"elbo-test-00{i}.npy") for i in (1, 2))
     assert np.array_equal(a, b)  # same seed, same numbers
+
+
+def test_evaluate_returns_the_summary_it_writes(vae_run, shared_data):
+    """The job in-process on a composed config, with the data root given on the command line."""
+    cfg = compose_config([f"run_dir={vae_run}", "likelihood=elbo", "likelihood.n_samples=10", "n_points=4",
+                          f"dataset.root={shared_data}", "split=train"], config_name="eval")
+    summary = evaluate(cfg)
+    assert summary["split"] == "train" and summary["points"] == 4 and summary["estimator"] == "elbo"
+    assert json.loads(Path(summary["paths"][".json"]).read_text())["log_px"] == summary["log_px"]
+    assert np.load(summary["paths"][".npy"]).shape == (4,)
 
 
 def test_multirun_over_the_four_estimators_prints_the_exact_value_of_a_linear_gaussian_run(linear_run, shared_data, tmp_path):
