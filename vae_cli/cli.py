@@ -1,8 +1,9 @@
-"""Console scripts: thin Hydra apps around `train(cfg)`, with user mistakes reported in one line.
+"""Console scripts: thin Hydra apps around `train(cfg)` and `evaluate(cfg)`, with user mistakes
+reported in one line.
 
 A mistake (unknown option or key, a wrong type, an out-of-range value, missing or corrupt data, an
-unusable run folder or checkpoint) prints `vae-train: error: <problem>; <fix>` on stderr and exits
-with 2, no traceback. `--debug` or HYDRA_FULL_ERROR=1 shows the full traceback instead; anything
+unusable run folder or checkpoint) prints `vae-train: error: <problem>; <fix>` (or `vae-eval: error: ...`) on
+stderr and exits with 2, no traceback. `--debug` or HYDRA_FULL_ERROR=1 shows the full traceback instead; anything
 that is not a user mistake (a bug) keeps its traceback. A run stopped by SIGINT/SIGTERM prints one
 line with the command that resumes it and exits with 128 + the signal number (130, 143).
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -31,6 +34,11 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 def describe_user_error(exc: BaseException, prog: str = "vae-train") -> str | None:
     """One line for a mistake the user can fix, or None when `exc` is not one."""
+    message = _describe(exc)
+    return None if message is None else message.replace("`vae-train ", f"`{prog} ")
+
+
+def _describe(exc: BaseException) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -38,8 +46,9 @@ def describe_user_error(exc: BaseException, prog: str = "vae-train") -> str | No
         return str(exc)
     if isinstance(exc, MissingConfigException):
         group, _, option = (exc.missing_cfg_file or "").rpartition("/")
-        if group and exc.options:
-            return f"unknown {group} option '{option}'; choose one of: {', '.join(exc.options)} (e.g. {group}={exc.options[0]})"
+        options = [o for o in exc.options or [] if not o.endswith("_schema")]  # typed schemas are not options
+        if group and options:
+            return f"unknown {group} option '{option}'; choose one of: {', '.join(options)} (e.g. {group}={options[0]})"
         return _first_line(exc)
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override {_first_line(exc)}; write key=value, group=option or key=a,b,c with --multirun"
@@ -129,3 +138,24 @@ def train_main() -> None:
         run_console_script(lambda: _resume_app(sys.argv[1:]), "vae-train")
     else:
         run_console_script(_train_app, "vae-train")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def _eval_app(cfg: DictConfig) -> None:
+    from .eval_run import evaluate
+
+    report_user_errors("vae-eval", evaluate, cfg)
+
+
+def eval_main() -> None:
+    """`vae-eval`: one estimate of log p(x) for a trained run, or several with --multirun.
+
+    Results go to the run's own `eval/` folder; the folder Hydra insists on creating (and a sweep's
+    multirun.yaml) goes to a temporary folder that is removed at exit.
+    """
+    scratch = tempfile.mkdtemp(prefix="vae-eval-")
+    os.environ["VAE_EVAL_SCRATCH"] = scratch
+    try:
+        run_console_script(_eval_app, "vae-eval")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -5,17 +5,22 @@ dataclass here; `conf/train.yaml` composes onto `TrainConfig`, so a misspelt key
 wrong type fails at composition with the key's name. `validate` then checks ranges (positive sizes,
 rates and budgets; names that pick an implementation) and raises a one-line `UserError`.
 Sample counts are floats so that `trainer.max_samples=2e6` works from the command line.
+
+`conf/eval.yaml` (vae-eval) composes onto `EvalConfig`; each option of its `likelihood` group has
+the settings dataclass of its estimator (`marginal_likelihood.py`) plus a `name`, and
+`validate_eval` checks it the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
+from .marginal_likelihood import SETTINGS
 
 
 @dataclass
@@ -119,8 +124,38 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
+def likelihood_schema(name: str, settings: type) -> type:
+    """The schema of conf/likelihood/<name>.yaml: the estimator's settings plus the `name` that picks it."""
+    return make_dataclass(f"{settings.__name__}Option", [("name", str, field(default=name))], bases=(settings,))
+
+
+LIKELIHOOD_SCHEMAS = {name: likelihood_schema(name, settings) for name, settings in SETTINGS.items()}
+
+
+@dataclass
+class EvalDatasetConfig:
+    root: Optional[str] = None  # folder with the data files; null: the run's own dataset.root
+
+
+@dataclass
+class EvalConfig:
+    likelihood: Any = MISSING  # one option of conf/likelihood/
+    run_dir: str = MISSING  # the vae-train run folder to evaluate
+    split: str = "test"  # train | test | valid (MNIST only)
+    n_points: Optional[int] = None  # the first n points of the split; null: all
+    batch_size: int = 100  # datapoints an estimator call
+    seed: int = 0  # the estimator's noise
+    device: str = "auto"  # auto | cpu | cuda
+    threads: Optional[int] = None  # torch intra-op threads; null: torch's default
+    dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(name="eval_schema", node=EvalConfig)
+    for name, schema in LIKELIHOOD_SCHEMAS.items():
+        store.store(group="likelihood", name=f"{name}_schema", node=schema)
 
 
 CHOICES = {
@@ -165,19 +200,25 @@ def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
     return unknown
 
 
+def check_ranges(cfg: DictConfig, choices: dict, positive: tuple) -> None:
+    """A one-line UserError for the first name outside its choices or non-positive size."""
+    get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    for key, allowed in choices.items():
+        if get(key) not in allowed:
+            raise UserError(f"{key}={get(key)} is not one of {', '.join(allowed)}; set {key}=<one of them>")
+    for key in positive:
+        value = get(key)
+        if value is not None and not value > 0:
+            raise UserError(f"{key}={value} must be positive; set {key}= to a value above 0")
+
+
 def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train") -> None:
     """Raise a one-line UserError for the first out-of-range value, naming the key and a fix."""
     extra = unknown_keys(cfg, schema)
     if extra:
         raise UserError(f"unknown config key '{extra[0]}'; see the keys with `{prog} --cfg job`")
     get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
-    for key, allowed in CHOICES.items():
-        if get(key) not in allowed:
-            raise UserError(f"{key}={get(key)} is not one of {', '.join(allowed)}; set {key}=<one of them>")
-    for key in POSITIVE:
-        value = get(key)
-        if value is not None and not value > 0:
-            raise UserError(f"{key}={value} must be positive; set {key}= to a value above 0")
+    check_ranges(cfg, CHOICES, POSITIVE)
     for key in NON_NEGATIVE:
         if not get(key) >= 0:
             raise UserError(f"{key}={get(key)} must be >= 0")
@@ -197,3 +238,30 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train
 def to_container(cfg: Any) -> dict:
     """The resolved config as plain Python containers (what run folders and checkpoints store)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+EVAL_CHOICES = {"split": ("train", "test", "valid"), "device": ("auto", "cpu", "cuda")}
+LIKELIHOOD_CHOICES = {"likelihood.schedule": ("sigmoid", "linear"), "likelihood.density": ("gaussian", "diagonal")}
+EVAL_POSITIVE = (
+    "n_points", "batch_size", "threads", "likelihood.k", "likelihood.n_samples", "likelihood.chunk_size",
+    "likelihood.n_steps", "likelihood.n_chains", "likelihood.n_leapfrog", "likelihood.sigmoid_radius",
+    "likelihood.init_step_size", "likelihood.thin", "likelihood.cov_scale",
+)
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """`validate` for vae-eval: known keys, the choices, positive sizes, probabilities in (0, 1)."""
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise UserError("run_dir is required; point it at a vae-train run folder, e.g. vae-eval run_dir=outputs/2026-11-25/10-00-00")
+    schema = LIKELIHOOD_SCHEMAS[cfg.likelihood.name]
+    extra = unknown_keys(cfg, EvalConfig) + unknown_keys(cfg.likelihood, schema, "likelihood.")
+    if extra:
+        raise UserError(f"unknown config key '{extra[0]}'; see the keys with `vae-eval run_dir=... --cfg job`")
+    present = {k: v for k, v in LIKELIHOOD_CHOICES.items() if OmegaConf.select(cfg, k) is not None}
+    check_ranges(cfg, {**EVAL_CHOICES, **present}, EVAL_POSITIVE)
+    if cfg.likelihood.name == "appendix_d" and cfg.likelihood.n_samples < 2:
+        raise UserError("likelihood.n_samples must be at least 2 to fit q(z) (AEVB App. D); e.g. likelihood.n_samples=50")
+    for key in ("likelihood.target_accept",):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not 0 < value < 1:
+            raise UserError(f"{key}={value} must lie strictly between 0 and 1")

@@ -39,11 +39,13 @@ RESUMABLE_CHANGES = {
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write_bytes writes before its rename
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, then rename over `path`.
 
     A failure (disk full, I/O error) removes the temporary file, leaves `path` as it was, and is
-    reported as a one-line UserError naming the file.
+    reported as a one-line UserError naming the file. With `overwrite=False` the file is hard-linked
+    into place instead, which raises FileExistsError when `path` exists, so an earlier result is
+    never replaced (not even by a concurrent writer).
     """
     tmp = None
     try:
@@ -54,9 +56,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
         _fsync_folder(path.parent)  # make the rename itself durable
+    except FileExistsError:
+        raise
     except OSError as e:
         raise UserError(f"could not write {path} ({e.strerror or e}); the previous version is kept; "
                         "free some disk space or choose another hydra.run.dir=") from None

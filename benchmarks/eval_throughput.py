@@ -1,0 +1,181 @@
+"""Throughput and memory of vae-eval's estimators on the paper's MNIST model (Nz=20, 500 hidden).
+
+Measured side by side in one run and printed as ratios:
+1. `iwae` (k=5000): datapoints/s of the batched, chunked estimator against a naive one written
+   here (a Python loop over the k samples of one datapoint at a time);
+2. `ais`: datapoints/s of the batched estimator (all chains of a batch of datapoints at once)
+   against a naive one (one chain of one datapoint at a time), at the same number of steps;
+3. peak memory (RSS, each in a fresh process) of the chunked IWAE against the unchunked one;
+4. the test-set lower bound (`evaluate_bound`, estimator B, L=1, the trainer's evaluation) and
+   IWAE against a roofline: the time of their matrix products alone at the model's shapes.
+
+Usage: python benchmarks/eval_throughput.py [--threads 1] [--run-dir outputs/<date>/<time>]
+Without --run-dir the model has the paper's random initialisation; with VAE_CLI_DATA set the
+inputs are MNIST test images, otherwise uniform grey levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from vae_cli.evaluate import evaluate_bound
+from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealing_schedule, iwae
+from vae_cli.models import build_vae
+
+
+def load_model_and_points(run_dir: str | None, n: int, use_data: bool = True):
+    if run_dir:
+        from pathlib import Path
+
+        from vae_cli.eval_run import read_run, rebuild_model
+
+        model = rebuild_model(read_run(Path(run_dir), torch.device("cpu")), 784, torch.device("cpu"))
+    else:
+        model = build_vae(784, 20, [500], "bernoulli", 0.01, torch.Generator().manual_seed(0)).eval().requires_grad_(False)
+    x = None
+    if use_data and os.environ.get("VAE_CLI_DATA"):
+        from omegaconf import OmegaConf
+
+        from vae_cli.config import DatasetConfig
+        from vae_cli.data import load_dataset
+
+        x = load_dataset(OmegaConf.structured(DatasetConfig(download=False)), torch.device("cpu")).test[:n]
+    if x is None:
+        x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def naive_iwae(model, x, k: int, generator) -> torch.Tensor:
+    """One datapoint and one importance sample at a time, then logsumexp over the list."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        q = model.encoder(xi)
+        log_w = []
+        for _ in range(k):
+            z = q.sample(generator)
+            log_w.append(model.log_joint(xi, z) - q.log_prob(z))
+        out.append(torch.logsumexp(torch.cat(log_w), 0) - math.log(k))
+    return torch.stack(out)
+
+
+def naive_ais(model, x, s: AISSettings, generator) -> torch.Tensor:
+    """One chain of one datapoint at a time, fixed step size, the same transitions as `ais`."""
+    from vae_cli.hmc import HMCState, hmc_step, value_and_grad
+
+    betas = annealing_schedule(s.n_steps, s.schedule, s.sigmoid_radius)
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        log_lik = lambda z: model.decoder(z).log_prob(xi)  # noqa: E731
+        log_w = []
+        for _ in range(s.n_chains):
+            z = torch.randn((1, model.latent_dim), generator=generator)
+            w = 0.0
+            for t in range(1, s.n_steps + 1):
+                ll, _ = value_and_grad(log_lik, z)
+                w += (betas[t] - betas[t - 1]).item() * ll.item()
+                if t == s.n_steps:
+                    break
+                beta = betas[t].item()
+                log_f = lambda z, b=beta: model.log_prior(z) + b * log_lik(z)  # noqa: E731
+                value, grad = value_and_grad(log_f, z)
+                state, _ = hmc_step(HMCState(z, value, grad), log_f, torch.tensor([0.05]), s.n_leapfrog, generator)
+                z = state.z
+            log_w.append(w)
+        out.append(torch.logsumexp(torch.tensor(log_w, dtype=torch.float64), 0) - math.log(s.n_chains))
+    return torch.stack(out)
+
+
+def matmul_roofline(shapes: list[tuple[int, int, int]], repeat: int = 3) -> float:
+    """Seconds of the matrix products alone: one (rows x inner) @ (inner x cols) per shape."""
+    g = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(r, i, generator=g), torch.randn(i, c, generator=g)) for r, i, c in shapes]
+    return timed(lambda: [a @ b for a, b in mats], repeat)
+
+
+def layer_shapes(rows: int, encoder_rows: int) -> list[tuple[int, int, int]]:
+    """The products of one forward pass of the 784-500-(2x20) encoder and 20-500-784 decoder."""
+    return [(encoder_rows, 784, 500), (encoder_rows, 500, 40), (rows, 20, 500), (rows, 500, 784)]
+
+
+def rss_probe(mode: str, run_dir: str | None) -> None:
+    """Child process: run one IWAE batch (or nothing) and print the peak RSS in MiB. The inputs are
+    random pixels, so reading the data set does not set the peak."""
+    model, x = load_model_and_points(run_dir, 20, use_data=False)
+    if mode != "baseline":
+        chunk = 100 if mode == "chunked" else 5000
+        iwae(model, x, IWAESettings(k=5000, chunk_size=chunk), torch.Generator().manual_seed(0))
+    print(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM (Linux) starts afresh at exec; getrusage's
+    ru_maxrss would keep the high-water mark of the parent that forked us."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--rss-probe", choices=["baseline", "chunked", "unchunked"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.rss_probe:
+        return rss_probe(args.rss_probe, args.run_dir)
+    model, x = load_model_and_points(args.run_dir, 1000)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, "
+          f"model 784-500-20 ({'trained' if args.run_dir else 'random init'}), {'MNIST test' if os.environ.get('VAE_CLI_DATA') else 'random'} inputs")
+    g = torch.Generator().manual_seed(0)
+
+    fast = timed(lambda: iwae(model, x[:100], IWAESettings(k=5000), g)) / 100
+    slow = timed(lambda: naive_iwae(model, x[:2], 5000, g)) / 2
+    roof = matmul_roofline(layer_shapes(100 * 100, 100)) * 50 / 100  # 50 chunks of 100 samples x 100 points
+    print(f"iwae k=5000          {1 / fast:9.2f} points/s   naive loop {1 / slow:7.3f} points/s   speed-up {slow / fast:6.0f}x"
+          f"   matmul roofline {1 / roof:8.2f} points/s ({roof / fast:.0%} of it)")
+
+    s = AISSettings(n_steps=50)
+    fast = timed(lambda: ais(model, x[:50], s, g)) / 50
+    slow = timed(lambda: naive_ais(model, x[:1], AISSettings(n_steps=50, n_chains=4), g)) * 4  # 4 of 16 chains
+    scale = s.n_steps / AISSettings().n_steps
+    print(f"ais T=50, 16 chains  {1 / fast:9.2f} points/s   naive loop {1 / slow:7.3f} points/s   speed-up {slow / fast:6.0f}x"
+          f"   (default T=500: {scale / fast:.3f} points/s)")
+
+    probe = lambda mode: float(subprocess.run([sys.executable, __file__, "--rss-probe", mode, "--threads", str(args.threads)]  # noqa: E731
+                                              + (["--run-dir", args.run_dir] if args.run_dir else []),
+                                              capture_output=True, text=True, check=True).stdout.strip())
+    base, chunked, unchunked = probe("baseline"), probe("chunked"), probe("unchunked")
+    print(f"iwae peak RSS, 20 points, k=5000: chunks of 100 {chunked - base:7.0f} MiB above the bare process, "
+          f"unchunked {unchunked - base:7.0f} MiB ({(unchunked - base) / max(chunked - base, 1):.0f}x)")
+
+    bound = timed(lambda: evaluate_bound(model, x, "sgvb_b", 1, 1000, g), repeat=3)
+    roof = matmul_roofline(layer_shapes(1000, 1000), repeat=3)
+    print(f"test-set bound (L=1) {x.shape[0] / bound:9.0f} points/s   matmul roofline {x.shape[0] / roof:9.0f} points/s "
+          f"({roof / bound:.0%} of it); 10,000 points: {bound * 10:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
