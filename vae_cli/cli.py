@@ -34,11 +34,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 def describe_user_error(exc: BaseException, prog: str = "vae-train") -> str | None:
     """One line for a mistake the user can fix, or None when `exc` is not one."""
-    message = _describe(exc)
-    return None if message is None else message.replace("`vae-train ", f"`{prog} ")
-
-
-def _describe(exc: BaseException) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
