@@ -44,7 +44,17 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "aevb"  # aevb
+    """The training algorithm; the HMC fields belong to `mcem` and stay null for the others."""
+
+    name: str = "aevb"  # aevb | wake_sleep | mcem
+    n_leapfrog: Optional[int] = None  # mcem: leapfrog steps of the HMC E-step per minibatch (AEVB App. E: 10)
+    n_weight_updates: Optional[int] = None  # mcem: Adagrad updates of theta per minibatch (AEVB App. E: 5)
+    target_accept: Optional[float] = None  # mcem: acceptance rate the step sizes adapt to (AEVB App. E: 0.9)
+    init_step_size: Optional[float] = None  # mcem: every datapoint's HMC step size at the start
+    jitter: Optional[float] = None  # mcem: each transition's step size is drawn from step x [1 - jitter, 1 + jitter]
+
+
+MCEM_FIELDS = ("n_leapfrog", "n_weight_updates", "target_accept", "init_step_size", "jitter")
 
 
 @dataclass
@@ -87,6 +97,8 @@ class TrainerConfig:
     progress_every: int = 50  # steps between progress refreshes and finiteness checks
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default
     figures: bool = True  # reconstructions and prior samples as PNG at the end
+    track_loglik: bool = False  # log an App. D estimate of log p(x) at each evaluation (Fig. 3); always on for mcem
+    loglik_points: int = 1000  # first training and test points of that estimate (AEVB App. E: 1000)
 
 
 @dataclass
@@ -118,7 +130,7 @@ CHOICES = {
     "dataset.test_split": ("test", "valid"),
     "model.name": ("vae", "linear_gaussian"),
     "model.decoder": ("bernoulli", "gaussian", "gaussian_sigmoid", "linear_gaussian"),
-    "method.name": ("aevb",),
+    "method.name": ("aevb", "wake_sleep", "mcem"),
     "estimator.name": ("sgvb_a", "sgvb_b"),
     "trainer.eval_estimator": ("sgvb_a", "sgvb_b"),
     "optimizer.name": ("adagrad", "adam", "sgd"),
@@ -132,7 +144,8 @@ POSITIVE = (
     "trainer.batch_size", "trainer.max_samples", "trainer.eval_per_decade", "trainer.eval_first",
     "trainer.eval_every", "trainer.eval_n_samples", "trainer.eval_batch_size",
     "trainer.checkpoint_every", "trainer.progress_every", "dataset.n_train", "dataset.train_frames",
-    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads",
+    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads", "trainer.loglik_points",
+    "method.n_leapfrog", "method.n_weight_updates", "method.init_step_size",
 )
 NON_NEGATIVE = ("prior.precision", "optimizer.momentum")
 WHOLE_NUMBERS = ("trainer.max_samples", "trainer.eval_first", "trainer.eval_every", "trainer.checkpoint_every")
@@ -175,8 +188,23 @@ def validate(cfg: DictConfig, schema: type = TrainConfig) -> None:
         raise UserError(f"model.hidden={list(cfg.model.hidden)} must hold positive layer sizes, e.g. model.hidden=[500]")
     if cfg.dataset.binarize != "none" and cfg.model.decoder != "bernoulli":
         raise UserError(f"dataset.binarize={cfg.dataset.binarize} needs a Bernoulli decoder; set dataset.binarize=none for {cfg.model.decoder}")
+    _validate_method(cfg.method)
     if cfg.dataset.name == "frey" and cfg.dataset.test_split != "test":
         raise UserError("Frey Face has one held-out split; leave dataset.test_split=test and move dataset.train_frames instead")
+
+
+def _validate_method(method: DictConfig) -> None:
+    """The HMC fields are set exactly for mcem (conf/method/mcem.yaml sets them)."""
+    for key in MCEM_FIELDS:
+        value = method.get(key)
+        if method.name == "mcem" and value is None:
+            raise UserError(f"method=mcem needs method.{key}; select the preset with method=mcem (conf/method/mcem.yaml)")
+        if method.name != "mcem" and value is not None:
+            raise UserError(f"method.{key} is a setting of method=mcem only; drop it for method={method.name}")
+    if method.name == "mcem" and not 0.0 < method.target_accept < 1.0:
+        raise UserError(f"method.target_accept={method.target_accept} must lie between 0 and 1 (paper: 0.9)")
+    if method.name == "mcem" and not 0.0 <= method.jitter < 1.0:
+        raise UserError(f"method.jitter={method.jitter} must lie in [0, 1); 0 keeps the step size fixed")
 
 
 def to_container(cfg: Any) -> dict:

@@ -28,6 +28,7 @@ class AppendixDSettings:
     thin: int = 5  # transitions between kept draws (PAPER.md §10.10: unstated; 5 mixes well on our tests)
     target_accept: float = 0.9  # AEVB App. E
     init_step_size: float = 0.1
+    jitter: float = 0.2  # step sizes drawn from step x [0.8, 1.2] per transition (vae_cli/hmc.py: no periodic chains)
     density: str = "gaussian"  # q(z): gaussian (full covariance) | diagonal
     cov_scale: float = 1.0  # q covariance = cov_scale x the covariance of the draws (< 1: lighter tails)
 
@@ -43,7 +44,7 @@ def posterior_samples(model, x: torch.Tensor, n_draws: int, s: AppendixDSettings
     z0 = torch.randn((x.shape[0], model.latent_dim), generator=generator, device=x.device, dtype=x.dtype)
     step = torch.tensor(s.init_step_size, device=x.device, dtype=x.dtype)
     return run_chains(init_state(z0, log_prob), log_prob, step, s.n_leapfrog, n_draws, s.n_adapt, generator,
-                      target_accept=s.target_accept, thin=s.thin)
+                      target_accept=s.target_accept, thin=s.thin, jitter=s.jitter)
 
 
 def fit_gaussian(draws: torch.Tensor, full_covariance: bool = True, cov_scale: float = 1.0, jitter: float = 1e-6):

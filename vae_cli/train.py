@@ -1,10 +1,12 @@
 """The training loop, written like Algorithm 1 (minibatch AEVB) and shared by every method.
 
 repeat: draw a minibatch X^M (index slices of a per-epoch permutation of the training set), let the
-method update the parameters on it, count M more "training samples evaluated" (Fig. 2's x-axis);
-at log-spaced (or evenly spaced) sample counts evaluate the lower bound on train and test data and
-append a row to metrics.jsonl; every `trainer.checkpoint_every` samples save everything needed to
-continue exactly. `train(cfg, run_dir) -> dict` is the whole job; the console script wraps it.
+method (AEVB, wake-sleep or MCEM) update the parameters on it, count M more "training samples
+evaluated" (Figs. 2-3's x-axis); at log-spaced (or evenly spaced) sample counts evaluate the lower
+bound (methods with a q(z|x)) and, with `trainer.track_loglik` or for MCEM, the App. D estimate of
+log p(x) on train and test data, and append a row to metrics.jsonl; every `trainer.checkpoint_every`
+samples save everything needed to continue exactly. `train(cfg, run_dir) -> dict` is the whole job;
+the console script wraps it.
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import aevb
+from . import aevb, mcem, wake_sleep
 from .config import to_container, validate
 from .data import Dataset, load_dataset
 from .errors import UserError
-from .evaluate import evaluate_bound, evaluation_generator
+from .evaluate import evaluate_bound, evaluate_loglik, evaluation_generator
 from .figures import save_run_figures
 from .models import build_vae
 from .runs import CHECKPOINT_FILE, MetricsLog, load_checkpoint, save_checkpoint, start_run_dir
 
 log = logging.getLogger(__name__)
 
-METHODS = {"aevb": aevb.build}
+METHODS = {"aevb": aevb.build, "wake_sleep": wake_sleep.build, "mcem": mcem.build}
+BOUND_FIELDS = ("estimator", "n_samples", "train_bound", "train_bound_se", "train_points", "test_bound", "test_bound_se", "test_points")
+LOGLIK_FIELDS = ("loglik_estimator", "loglik_points", "train_loglik", "train_loglik_se", "test_loglik", "test_loglik_se")
 
 
 @dataclass
@@ -77,15 +81,34 @@ def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator
     return idx
 
 
-def evaluate(cfg, model, data: Dataset, samples: int) -> dict:
-    """The train and test lower bounds of one metrics row (same function for both sets)."""
+def evaluate(cfg, model, data: Dataset, samples: int, has_encoder: bool = True) -> dict:
+    """The evaluation fields of one metrics row (same function for both sets, every method).
+
+    Every row holds the same keys: the lower bound (null for a method without q(z|x), i.e. MCEM) and
+    the App. D log-likelihood on the first `trainer.loglik_points` points (null unless
+    `trainer.track_loglik` or the method has no q(z|x)). Deterministic given the seed and `samples`.
+    """
     t = cfg.trainer
     generator = evaluation_generator(data.test.device, cfg.seed, samples)
-    row = {"estimator": t.eval_estimator, "n_samples": t.eval_n_samples}
-    for split, x, n_points in (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points)):
-        bound = evaluate_bound(model, x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
-        row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
+    row = dict.fromkeys(BOUND_FIELDS + LOGLIK_FIELDS)
+    splits = (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points))
+    if has_encoder:
+        row.update(estimator=t.eval_estimator, n_samples=t.eval_n_samples)
+        for split, x, n_points in splits:
+            bound = evaluate_bound(model, x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
+            row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
+    if t.track_loglik or not has_encoder:
+        row.update(loglik_estimator="appendix_d")
+        for split, x, _ in splits:
+            loglik = evaluate_loglik(model, x[: t.loglik_points], t.eval_batch_size, generator)
+            row.update({f"{split}_loglik": loglik.mean, f"{split}_loglik_se": loglik.std_err, "loglik_points": loglik.n_points})
     return row
+
+
+def curve_values(row: dict) -> dict:
+    """The curves of a metrics row that were evaluated: bound and log-likelihood, train and test."""
+    keys = ("train_bound", "test_bound", "train_loglik", "test_loglik")
+    return {k: row[k] for k in keys if row.get(k) is not None}
 
 
 def _check_finite(value: float, progress: Progress, cfg, run_dir: Path) -> None:
@@ -93,7 +116,7 @@ def _check_finite(value: float, progress: Progress, cfg, run_dir: Path) -> None:
         kept = run_dir / CHECKPOINT_FILE
         kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written yet"
         raise UserError(
-            f"the bound became non-finite by step {progress.step} ({progress.samples} samples); {kept_note}; "
+            f"the objective became non-finite by step {progress.step} ({progress.samples} samples); {kept_note}; "
             f"lower the stepsize (optimizer.lr={cfg.optimizer.lr}) and start again"
         )
 
@@ -175,7 +198,7 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
         if window_n:
             running = window_sum.item() / window_n
             _check_finite(running, progress, cfg, run_dir)
-            bar.set_postfix(bound=f"{running:.2f}", refresh=False)
+            bar.set_postfix({"bound" if method.has_encoder else "log p(x,z)": f"{running:.2f}"}, refresh=False)
             bar.update(progress.samples - bar.n)
             window_sum, window_n = torch.zeros_like(window_sum), 0
 
@@ -186,16 +209,18 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
         if schedule and progress.samples >= schedule[0]:
             refresh()
             row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
-            row.update(evaluate(cfg, method.model, data, progress.samples))
+            row.update(method=cfg.method.name, **evaluate(cfg, method.model, data, progress.samples, method.has_encoder))
             now = time.perf_counter()
             row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
             last_eval = (now, progress.samples)
-            _check_finite(row["train_bound"] + row["test_bound"], progress, cfg, run_dir)
+            curves = curve_values(row)
+            _check_finite(sum(curves.values()), progress, cfg, run_dir)
             metrics.append(row)
             if tb:
-                for k in ("train_bound", "test_bound"):
-                    tb.add_scalar(f"bound/{k.split('_')[0]}", row[k], progress.samples)
-            bar.write(f"samples {progress.samples:>11,}  train {row['train_bound']:9.2f}  test {row['test_bound']:9.2f}")
+                for k, v in curves.items():
+                    split, kind = k.split("_")
+                    tb.add_scalar(f"{kind}/{split}", v, progress.samples)
+            bar.write(f"samples {progress.samples:>11,}  " + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
             schedule.pop(0)
         if progress.samples >= max_samples:
             break
@@ -219,11 +244,12 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
     checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
     if tb:
         tb.close()
-    figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1)) if t.figures else []
+    figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
+                               reconstructions=method.has_encoder) if t.figures else []
     last = metrics.rows[-1]
     print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
     if figures:
         print(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
     return {"run_dir": str(run_dir), "samples": progress.samples, "step": progress.step,
-            "train_bound": last["train_bound"], "test_bound": last["test_bound"],
+            **{k: last[k] for k in ("train_bound", "test_bound", "train_loglik", "test_loglik")},
             "wall_seconds": progress.wall_seconds, "metrics": str(metrics.path), "checkpoint": str(checkpoint)}
