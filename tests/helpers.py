@@ -1,10 +1,27 @@
-"""Small models with known answers, shared by the math tests."""
+"""Small models with known answers, shared by the math tests, and short training runs on real data."""
 
 from __future__ import annotations
 
 import torch
 
+from conftest import compose_config
 from vae_cli.models import build_vae
+from vae_cli.runs import WALL_CLOCK_FIELDS, read_metrics
+from vae_cli.train import train
+
+SHORT = ["trainer.eval_train_points=1000", "trainer.eval_test_points=1000", "trainer.progress=false", "trainer.figures=false"]
+
+
+def run_training(tmp_path, name, *overrides, data_root):
+    """`train` in tmp_path/name with the given overrides on short evaluations: (summary, metrics rows)."""
+    cfg = compose_config([f"dataset.root={data_root}", *SHORT, *overrides])
+    summary = train(cfg, run_dir=tmp_path / name)
+    return summary, read_metrics(tmp_path / name)
+
+
+def without_wall_clock(rows):
+    """Metrics rows without the fields that differ between identical runs."""
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in rows]
 
 
 def linear_gaussian_vae(data_dim: int, latent_dim: int, seed: int, noise_var: float = 0.5):

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from conftest import compose_config
+from helpers import SHORT, run_training, without_wall_clock
 from vae_cli import mcem, wake_sleep
 from vae_cli.config import validate
 from vae_cli.distributions import LOG_2PI
 from vae_cli.errors import UserError
 from vae_cli.marginal_likelihood import AppendixDSettings, appendix_d
 from vae_cli.models import build_vae
-from vae_cli.runs import WALL_CLOCK_FIELDS, load_checkpoint, read_metrics
-from vae_cli.train import BOUND_FIELDS, LOGLIK_FIELDS, evaluate, train
+from vae_cli.runs import load_checkpoint, read_metrics
+from vae_cli.train import BOUND_FIELDS, LOGLIK_FIELDS, evaluate
 
-SHORT = ["trainer.eval_train_points=1000", "trainer.eval_test_points=1000", "trainer.progress=false", "trainer.figures=false"]
 CPU = torch.device("cpu")
 
 
@@ -29,16 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _run(tmp_path, name, *overrides, data_root):
-    cfg = compose_config([f"dataset.root={data_root}", *SHORT, *overrides])
-    summary = train(cfg, run_dir=tmp_path / name)
-    return summary, read_metrics(tmp_path / name)
-
-
-def _without_wall_clock(rows):
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in rows]
 
 
 def _bernoulli_model(seed: int, decoder_std: float = 1.0):
@@ -98,8 +88,8 @@ def test_the_wake_phase_raises_log_p_x_z_under_q_and_leaves_phi_alone():
 def test_a_short_mnist_wake_sleep_run_improves_its_bound_and_stays_below_aevb(tmp_path, shared_data):
     """Fig. 2 in miniature (N_z = 10, 200 hidden units, 3e4 samples): wake-sleep learns, AEVB is ahead."""
     args = ("model.latent_dim=10", "model.hidden=[200]", "trainer.max_samples=3e4", "trainer.eval_per_decade=2")
-    _, ws = _run(tmp_path, "ws", "method=wake_sleep", *args, data_root=shared_data)
-    _, ae = _run(tmp_path, "aevb", "method=aevb", *args, data_root=shared_data)
+    _, ws = run_training(tmp_path, "ws", "method=wake_sleep", *args, data_root=shared_data)
+    _, ae = run_training(tmp_path, "aevb", "method=aevb", *args, data_root=shared_data)
     assert ws[-1]["test_bound"] > ws[0]["test_bound"] + 150  # about -543 -> -215
     assert all(r["method"] == "wake_sleep" and r["estimator"] == "sgvb_b" for r in ws)
     assert [r["samples"] for r in ws] == [r["samples"] for r in ae]
@@ -212,9 +202,9 @@ def test_n_steps_straight_equal_half_resume_half(tmp_path, shared_data, method):
     """Exact resume of a baseline run, MCEM's per-datapoint chains and step sizes included."""
     args = (f"method={method}", "dataset.n_train=1500", "model.latent_dim=3", "model.hidden=[20]", "trainer.eval_schedule=linear",
             "trainer.eval_every=2e3", "trainer.checkpoint_every=1e3", "trainer.loglik_points=10")
-    _run(tmp_path, "straight", "trainer.max_samples=6e3", *args, data_root=shared_data)
-    _run(tmp_path, "split", "trainer.max_samples=3e3", *args, data_root=shared_data)
-    _run(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *args, data_root=shared_data)
+    run_training(tmp_path, "straight", "trainer.max_samples=6e3", *args, data_root=shared_data)
+    run_training(tmp_path, "split", "trainer.max_samples=3e3", *args, data_root=shared_data)
+    run_training(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *args, data_root=shared_data)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
     for name, tensor in a["model"].items():
@@ -222,13 +212,13 @@ def test_n_steps_straight_equal_half_resume_half(tmp_path, shared_data, method):
     if method == "mcem":
         assert a["method"]["z"].shape == (1500, 3) and not torch.equal(a["method"]["z"], b["method"]["z"].roll(1, 0))
         assert torch.equal(a["method"]["z"], b["method"]["z"]) and torch.equal(a["method"]["step_size"], b["method"]["step_size"])
-    straight = {r["samples"]: r for r in _without_wall_clock(read_metrics(tmp_path / "straight"))}
-    split = {r["samples"]: r for r in _without_wall_clock(read_metrics(tmp_path / "split"))}
+    straight = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "straight"))}
+    split = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "split"))}
     assert all(split[s] == row for s, row in straight.items())
 
 
 def test_mcem_logs_log_likelihoods_and_null_bounds_in_the_same_fields(tmp_path, shared_data):
-    _, rows = _run(tmp_path, "mcem", "method=mcem", "dataset.n_train=1000", "model.latent_dim=3", "model.hidden=[50]",
+    _, rows = run_training(tmp_path, "mcem", "method=mcem", "dataset.n_train=1000", "model.latent_dim=3", "model.hidden=[50]",
                    "trainer.max_samples=3e3", "trainer.eval_first=1e3", "trainer.eval_per_decade=1",
                    "trainer.loglik_points=20", "trainer.figures=true", data_root=shared_data)
     assert all(set(BOUND_FIELDS + LOGLIK_FIELDS) <= set(r) for r in rows)
@@ -246,7 +236,7 @@ def test_tracked_log_likelihood_is_deterministic_and_above_the_bound(tmp_path, s
     overrides = ["method=aevb", "dataset.n_train=1000", "model.latent_dim=3", "model.hidden=[100]", "trainer.max_samples=2e4",
                  "trainer.eval_first=2e4", "trainer.track_loglik=true", "trainer.loglik_points=100",
                  "trainer.eval_train_points=100", "trainer.eval_test_points=100"]
-    summary, rows = _run(tmp_path, "aevb", *overrides, data_root=shared_data)
+    summary, rows = run_training(tmp_path, "aevb", *overrides, data_root=shared_data)
     last = rows[-1]
     assert last["loglik_points"] == last["test_points"] == 100
     for split in ("train", "test"):
