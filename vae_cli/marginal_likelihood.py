@@ -29,20 +29,28 @@ class AppendixDSettings:
     target_accept: float = 0.9  # AEVB App. E
     init_step_size: float = 0.1
     jitter: float = 0.2  # step sizes drawn from step x [0.8, 1.2] per transition (vae_cli/hmc.py: no periodic chains)
-    n_starts: int = 20  # both chains of a point start at the most probable of this many prior draws
+    n_starts: int = 200  # both chains of a point start at the most probable of this many prior draws
     density: str = "gaussian"  # q(z): gaussian (full covariance) | diagonal
     cov_scale: float = 1.0  # q covariance = cov_scale x the covariance of the draws (< 1: lighter tails)
 
 
-def starting_points(model, x: torch.Tensor, n_candidates: int, generator: torch.Generator) -> torch.Tensor:
+def starting_points(model, x: torch.Tensor, n_candidates: int, generator: torch.Generator, chunk: int = 20) -> torch.Tensor:
     """Per datapoint, the most probable under p(x, z) of `n_candidates` prior draws: `(M, J)`.
 
     HMC with a few leapfrog steps rarely leaves the mode of p(z|x) it starts in; starting near the
-    main mode keeps the chains out of minor ones."""
-    z = torch.randn((n_candidates, x.shape[0], model.latent_dim), generator=generator, device=x.device, dtype=x.dtype)
+    main mode keeps the chains out of minor ones. Candidates are scored `chunk` at a time."""
+    M, rows = x.shape[0], torch.arange(x.shape[0], device=x.device)
+    best_z, best = None, None
     with torch.no_grad():
-        best = model.log_joint(x, z).argmax(0)  # (M,)
-    return z[best, torch.arange(x.shape[0], device=x.device)]
+        for start in range(0, n_candidates, chunk):
+            z = torch.randn((min(chunk, n_candidates - start), M, model.latent_dim), generator=generator, device=x.device, dtype=x.dtype)
+            value, arg = model.log_joint(x, z).max(0)  # (M,)
+            z = z[arg, rows]
+            if best_z is not None:
+                z = torch.where((value > best)[:, None], z, best_z)
+                value = torch.maximum(value, best)
+            best_z, best = z, value
+    return best_z
 
 
 def posterior_samples(model, x: torch.Tensor, n_draws: int, s: AppendixDSettings, generator: torch.Generator,
@@ -95,7 +103,8 @@ def appendix_d(model, x: torch.Tensor, settings: AppendixDSettings, generator: t
     p(z|x) has modes the chains cannot cross, the common start keeps both in the same one: chains
     started apart (the prior draws this used to take) put q on one mode and the fresh draws on
     another, and overestimated log p(x) by hundreds of nats on about 1 point in 10 of a trained
-    N_z = 3 MNIST model.
+    N_z = 3 MNIST model; chains started at a single prior draw sat in minor modes, up to 90 nats
+    below an importance-sampling lower bound.
     """
     M = x.shape[0]
     z0 = starting_points(model, x, settings.n_starts, generator).repeat(2, 1)
