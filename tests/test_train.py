@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import compose_config
-from helpers import run_training, without_wall_clock
+from helpers import run_training, straight_and_resumed, without_wall_clock
 from vae_cli import train as train_module
 from vae_cli.errors import UserError
-from vae_cli.runs import load_checkpoint, read_metrics
+from vae_cli.runs import load_checkpoint
 from vae_cli.train import evaluation_points
 
 
@@ -48,17 +47,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tmp_path, s
 def test_n_steps_straight_equal_half_resume_half(tmp_path, shared_data, extra):
     """Data order, noise, optimizer state and counters all survive a checkpoint (issue: exact resume)."""
     args = ("dataset.n_train=1500", "trainer.eval_first=1e3", "trainer.checkpoint_every=1e3", *extra)
-    run_training(tmp_path, "straight", "trainer.max_samples=6e3", *args, data_root=shared_data)
-    run_training(tmp_path, "split", "trainer.max_samples=3e3", *args, data_root=shared_data)
-    run_training(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *args, data_root=shared_data)
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert a["progress"]["samples"] == b["progress"]["samples"] == 6000
-    straight = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "straight"))}
-    split = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "split"))}
-    assert all(split[s] == row for s, row in straight.items())  # split adds one row, at 3000
+    straight_and_resumed(tmp_path, *args, data_root=shared_data)
 
 
 def test_frey_face_trains_with_the_gaussian_decoder(tmp_path, shared_data):
