@@ -1,10 +1,44 @@
-"""Small models with known answers, shared by the math tests."""
+"""Small models with known answers, shared by the math tests, and short training runs on real data."""
 
 from __future__ import annotations
 
 import torch
 
+from conftest import compose_config
 from vae_cli.models import build_vae
+from vae_cli.runs import WALL_CLOCK_FIELDS, load_checkpoint, read_metrics
+from vae_cli.train import train
+
+SHORT = ["trainer.eval_train_points=1000", "trainer.eval_test_points=1000", "trainer.progress=false", "trainer.figures=false"]
+
+
+def run_training(tmp_path, name, *overrides, data_root):
+    """`train` in tmp_path/name with the given overrides on short evaluations: (summary, metrics rows)."""
+    cfg = compose_config([f"dataset.root={data_root}", *SHORT, *overrides])
+    summary = train(cfg, run_dir=tmp_path / name)
+    return summary, read_metrics(tmp_path / name)
+
+
+def without_wall_clock(rows):
+    """Metrics rows without the fields that differ between identical runs."""
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in rows]
+
+
+def straight_and_resumed(tmp_path, *overrides, data_root) -> tuple[dict, dict]:
+    """6000 samples in one run, and 3000 then resumed to 6000: check that the models and the metrics
+    agree exactly; return both final checkpoints for further checks."""
+    run_training(tmp_path, "straight", "trainer.max_samples=6e3", *overrides, data_root=data_root)
+    run_training(tmp_path, "split", "trainer.max_samples=3e3", *overrides, data_root=data_root)
+    run_training(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *overrides, data_root=data_root)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["progress"]["samples"] == b["progress"]["samples"] == 6000
+    straight = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "straight"))}
+    split = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "split"))}
+    assert all(split[s] == row for s, row in straight.items())  # split adds one row, at 3000
+    return a, b
 
 
 def linear_gaussian_vae(data_dim: int, latent_dim: int, seed: int, noise_var: float = 0.5):

@@ -67,7 +67,7 @@ def test_a_missing_metropolis_step_or_wrong_momentum_sign_is_detected(monkeypatc
     chol = torch.linalg.cholesky(COV)
     z0 = MEAN + torch.randn(1000, 2, generator=g, dtype=torch.float64) @ chol.T
 
-    def always_accept(state, log_prob, step_size, n_leapfrog, generator):
+    def always_accept(state, log_prob, step_size, n_leapfrog, generator, jitter=0.0):
         p0 = torch.randn(state.z.shape, generator=generator, dtype=state.z.dtype)
         new, _ = leapfrog(state, p0, log_prob, step_size.reshape(-1, 1), n_leapfrog)
         return new, hmc.HMCInfo(torch.ones(state.z.shape[0], dtype=state.z.dtype), torch.ones(state.z.shape[0], dtype=torch.bool))
@@ -125,3 +125,55 @@ def test_hmc_step_is_batched_and_seeded():
     a, _ = hmc_step(state, lambda z: -0.5 * (z**2).sum(-1), torch.full((7,), 0.3), 3, torch.Generator().manual_seed(5))
     b, _ = hmc_step(state, lambda z: -0.5 * (z**2).sum(-1), torch.full((7,), 0.3), 3, torch.Generator().manual_seed(5))
     assert a.z.shape == (7, 3) and torch.equal(a.z, b.z)
+
+
+def test_per_chain_step_sizes_adapt_to_each_chains_scale():
+    """Chains over N(0, s_c^2) with s_c from 0.1 to 10 each find their own step size (about
+    proportional to s_c) and the target acceptance: the adaptation is per chain, not global."""
+    g = torch.Generator().manual_seed(6)
+    scales = torch.logspace(-1, 1, 9, dtype=torch.float64).repeat_interleave(50)  # (450,)
+    target = lambda z: -0.5 * ((z / scales[:, None]) ** 2).sum(-1)  # noqa: E731
+    z0 = torch.randn(450, 2, generator=g, dtype=torch.float64) * scales[:, None]
+    result = run_chains(init_state(z0, target), target, torch.tensor(1.0, dtype=torch.float64), n_leapfrog=4,
+                        n_samples=100, n_adapt=300, generator=g, target_accept=0.9)
+    ratio = (result.step_size / scales).view(9, 50).median(1).values
+    assert (ratio.max() / ratio.min()) < 1.5, ratio  # one global step size would give a 100x spread
+    rate = result.accept_rate.view(9, 50).mean(1)
+    assert ((rate - 0.9).abs() < 0.05).all(), rate
+
+
+def test_step_size_jitter_breaks_periodic_trajectories_and_keeps_the_target():
+    """On N(0, I) one leapfrog step of size e rotates phase space by theta, cos(theta) = 1 - e^2/2;
+    with theta = pi/4, 4 steps are half a period: z -> -z exactly, accepted every time, so a chain
+    without jitter only flips between two points (what App. D's chains did on a fresh model) and a
+    Gaussian fitted to its draws is degenerate. With jitter each chain spreads in every direction
+    and the draws keep the target's variance (within 4 SE over chains)."""
+    g = torch.Generator().manual_seed(7)
+    target = lambda z: -0.5 * (z**2).sum(-1)  # noqa: E731
+    z0 = torch.randn(1000, 2, generator=g, dtype=torch.float64)
+    step = torch.tensor(math.sqrt(2 * (1 - math.cos(math.pi / 4))), dtype=torch.float64)
+
+    def smallest_within_chain_variance(samples):  # (S, C, J) -> (C,)
+        centred = samples - samples.mean(0)
+        cov = torch.einsum("lmi,lmj->mij", centred, centred) / (samples.shape[0] - 1)
+        return torch.linalg.eigvalsh(cov)[:, 0]
+
+    fixed = run_chains(init_state(z0, target), target, step, 4, n_samples=20, n_adapt=0, generator=g)
+    torch.testing.assert_close(fixed.samples[2], fixed.samples[0], atol=1e-6, rtol=0)  # stuck on {z, -z}
+    assert smallest_within_chain_variance(fixed.samples).max() < 1e-9
+    jittered = run_chains(init_state(z0, target), target, step, 4, n_samples=20, n_adapt=0, generator=g, jitter=0.2)
+    assert smallest_within_chain_variance(jittered.samples).median() > 0.15  # about 0.26; 0 without jitter
+    per_chain = (jittered.samples**2).mean(0)  # (C, J): second moment of each chain, 1 on average
+    mean, se = per_chain.mean(0), per_chain.std(0) / math.sqrt(per_chain.shape[0])
+    assert ((mean - 1.0).abs() < 4 * se).all(), (mean, se)
+
+
+def test_jittered_hmc_leaves_a_correlated_gaussian_invariant():
+    g = torch.Generator().manual_seed(8)
+    chol = torch.linalg.cholesky(COV)
+    z0 = MEAN + torch.randn(1000, 2, generator=g, dtype=torch.float64) @ chol.T
+    result = run_chains(init_state(z0, correlated_gaussian), correlated_gaussian, torch.tensor(0.35, dtype=torch.float64),
+                        10, n_samples=20, n_adapt=0, generator=g, jitter=0.3)
+    mean, mean_se, second, second_se = _moments_over_chains(result.samples)
+    assert ((mean - MEAN).abs() < 4 * mean_se).all(), (mean, mean_se)
+    assert ((second - COV).abs() < 4 * second_se).all(), (second, second_se)

@@ -193,3 +193,29 @@ def test_annealing_schedules_run_from_zero_to_one():
         assert betas[0] == 0 and betas[-1] == 1 and (betas.diff() > 0).all() and betas.shape == (101,)
     sig = annealing_schedule(100, "sigmoid")
     assert sig[1] < 0.01 / 2 and 1 - sig[-2] < 0.01 / 2  # denser than linear at both ends [Wu2017]
+
+
+class _TwoModes:
+    """z ~ N(0, 1), x | z ~ N(z^2, 0.3^2): for x = 4, p(z|x) has two mirror modes at z = +-2, each
+    of half the mass, with no path between them an HMC chain could take (p(x|0) ~ e^-89)."""
+
+    latent_dim = 1
+
+    def log_joint(self, x, z):
+        from vae_cli.distributions import DiagonalGaussian, standard_normal_log_prob
+
+        return standard_normal_log_prob(z) + DiagonalGaussian(z**2, torch.full_like(z, math.log(0.09))).log_prob(x)
+
+
+def test_appendix_d_stays_in_one_mode_and_never_overshoots_on_a_two_mode_posterior():
+    """Both chains of a point start together, so they sample the same mode: the estimate is
+    log p(x, z in that mode) = log p(x) - log 2, never above log p(x). Chains started apart would
+    fit q on one mode and evaluate it on the other, overshooting by hundreds of nats."""
+    model = _TwoModes()
+    x = torch.full((200, 1), 4.0, dtype=torch.float64)
+    grid = torch.linspace(-6, 6, 400_001, dtype=torch.float64)[:, None, None]
+    exact = (torch.logsumexp(model.log_joint(x[:1], grid), 0) + math.log(12 / 400_000)).item()  # quadrature
+    est = appendix_d(model, x, AppendixDSettings(), torch.Generator().manual_seed(12))
+    assert (est < exact + 0.2).all(), est.max()
+    mean, se = est.mean().item(), est.std().item() / math.sqrt(est.numel())
+    assert abs(mean - (exact - math.log(2))) < 4 * se + 0.02, (mean, exact - math.log(2), se)

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import compose_config
+from helpers import run_training, straight_and_resumed, without_wall_clock
 from vae_cli.errors import UserError
-from vae_cli.runs import WALL_CLOCK_FIELDS, load_checkpoint, read_metrics
-from vae_cli.train import evaluation_points, train
-
-SHORT = ["trainer.eval_train_points=1000", "trainer.eval_test_points=1000", "trainer.progress=false", "trainer.figures=false"]
-
-
-def _run(tmp_path, name, *overrides, data_root):
-    cfg = compose_config([f"dataset.root={data_root}", *SHORT, *overrides])
-    summary = train(cfg, run_dir=tmp_path / name)
-    return summary, read_metrics(tmp_path / name)
-
-
-def _without_wall_clock(rows):
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in rows]
+from vae_cli.runs import load_checkpoint
+from vae_cli.train import evaluation_points
 
 
 def test_evaluation_points_are_log_spaced_on_step_boundaries():
@@ -31,7 +19,7 @@ def test_evaluation_points_are_log_spaced_on_step_boundaries():
 
 
 def test_a_short_mnist_run_raises_the_test_bound_and_writes_its_folder(tmp_path, shared_data):
-    summary, rows = _run(tmp_path, "run", "trainer.max_samples=3e4", "trainer.figures=true", data_root=shared_data)
+    summary, rows = run_training(tmp_path, "run", "trainer.max_samples=3e4", "trainer.figures=true", data_root=shared_data)
     assert rows[0]["samples"] == 0 and rows[-1]["samples"] == 30_000
     assert rows[-1]["test_bound"] > rows[0]["test_bound"] + 200  # from about -543 nats to about -190
     assert rows[-1]["test_bound"] > -220
@@ -45,46 +33,36 @@ def test_a_short_mnist_run_raises_the_test_bound_and_writes_its_folder(tmp_path,
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tmp_path, shared_data):
     args = ("trainer.max_samples=5e3", "dataset.n_train=2000", "trainer.eval_first=1e3")
-    _, first = _run(tmp_path, "a", *args, data_root=shared_data)
-    _, second = _run(tmp_path, "b", *args, data_root=shared_data)
-    _, other = _run(tmp_path, "c", *args, "seed=1", data_root=shared_data)
-    assert _without_wall_clock(first) == _without_wall_clock(second)
-    assert _without_wall_clock(first) != _without_wall_clock(other)
+    _, first = run_training(tmp_path, "a", *args, data_root=shared_data)
+    _, second = run_training(tmp_path, "b", *args, data_root=shared_data)
+    _, other = run_training(tmp_path, "c", *args, "seed=1", data_root=shared_data)
+    assert without_wall_clock(first) == without_wall_clock(second)
+    assert without_wall_clock(first) != without_wall_clock(other)
 
 
 @pytest.mark.parametrize("extra", [[], ["dataset.binarize=dynamic", "estimator=sgvb_a"]])
 def test_n_steps_straight_equal_half_resume_half(tmp_path, shared_data, extra):
     """Data order, noise, optimizer state and counters all survive a checkpoint (issue: exact resume)."""
     args = ("dataset.n_train=1500", "trainer.eval_first=1e3", "trainer.checkpoint_every=1e3", *extra)
-    _run(tmp_path, "straight", "trainer.max_samples=6e3", *args, data_root=shared_data)
-    _run(tmp_path, "split", "trainer.max_samples=3e3", *args, data_root=shared_data)
-    _run(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *args, data_root=shared_data)
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert a["progress"]["samples"] == b["progress"]["samples"] == 6000
-    straight = {r["samples"]: r for r in _without_wall_clock(read_metrics(tmp_path / "straight"))}
-    split = {r["samples"]: r for r in _without_wall_clock(read_metrics(tmp_path / "split"))}
-    assert all(split[s] == row for s, row in straight.items())  # split adds one row, at 3000
+    straight_and_resumed(tmp_path, *args, data_root=shared_data)
 
 
 def test_frey_face_trains_with_the_gaussian_decoder(tmp_path, shared_data):
-    _, rows = _run(tmp_path, "frey", "dataset=frey", "model.latent_dim=5", "trainer.max_samples=2e4", data_root=shared_data)
+    _, rows = run_training(tmp_path, "frey", "dataset=frey", "model.latent_dim=5", "trainer.max_samples=2e4", data_root=shared_data)
     assert rows[-1]["test_points"] == 465 and rows[-1]["train_points"] == 1000
     assert rows[-1]["test_bound"] > rows[0]["test_bound"] + 100
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path, shared_data):
-    _run(tmp_path, "tb", "logger=tensorboard", "trainer.max_samples=2e3", "dataset.n_train=1000", data_root=shared_data)
+    run_training(tmp_path, "tb", "logger=tensorboard", "trainer.max_samples=2e3", "dataset.n_train=1000", data_root=shared_data)
     assert list((tmp_path / "tb" / "tb").glob("events.out.tfevents.*"))
 
 
 def test_a_run_folder_is_never_overwritten(tmp_path, shared_data):
-    _run(tmp_path, "run", "trainer.max_samples=1e3", "dataset.n_train=1000", data_root=shared_data)
+    run_training(tmp_path, "run", "trainer.max_samples=1e3", "dataset.n_train=1000", data_root=shared_data)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(UserError, match="already holds a run; continue it with trainer.resume=true"):
-        _run(tmp_path, "run", "trainer.max_samples=1e3", "dataset.n_train=1000", data_root=shared_data)
+        run_training(tmp_path, "run", "trainer.max_samples=1e3", "dataset.n_train=1000", data_root=shared_data)
     with pytest.raises(UserError, match="different config"):
-        _run(tmp_path, "run", "trainer.max_samples=2e3", "dataset.n_train=1000", "trainer.resume=true", "seed=5", data_root=shared_data)
+        run_training(tmp_path, "run", "trainer.max_samples=2e3", "dataset.n_train=1000", "trainer.resume=true", "seed=5", data_root=shared_data)
     assert before == {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}

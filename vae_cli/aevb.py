@@ -5,12 +5,14 @@ the same face, so the one training loop in `train.py` drives them all:
 `step(x, idx, generator) -> (M,)` updates the parameters on the minibatch `x` (rows `idx` of the
 training set) and returns a detached per-datapoint value to display; `state_dict()` /
 `load_state_dict()` carry the optimizer and any per-method state through checkpoints; `model` is
-what evaluation and figures use.
+what evaluation and figures use; `has_encoder` says whether the method learns a q(z|x), i.e.
+whether the loop can evaluate a lower bound (MCEM has none and logs log p(x) estimates instead).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +30,7 @@ class AEVB:
     n_train: int  # N
     prior_params: list[torch.Tensor]
     prior_precision: float
+    has_encoder: ClassVar[bool] = True
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         bounds = self.estimator(self.model, x, self.n_samples, generator)  # (M,), eq. (6) or (7)

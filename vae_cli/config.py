@@ -49,7 +49,17 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "aevb"  # aevb | full_vb (App. F)
+    """The training algorithm; the HMC fields belong to `mcem` and stay null for the others."""
+
+    name: str = "aevb"  # aevb | wake_sleep | mcem | full_vb (App. F)
+    n_leapfrog: Optional[int] = None  # mcem: leapfrog steps of the HMC E-step per minibatch (AEVB App. E: 10)
+    n_weight_updates: Optional[int] = None  # mcem: Adagrad updates of theta per minibatch (AEVB App. E: 5)
+    target_accept: Optional[float] = None  # mcem: acceptance rate the step sizes adapt to (AEVB App. E: 0.9)
+    init_step_size: Optional[float] = None  # mcem: every datapoint's HMC step size at the start
+    jitter: Optional[float] = None  # mcem: each transition's step size is drawn from step x [1 - jitter, 1 + jitter]
+
+
+MCEM_FIELDS = ("n_leapfrog", "n_weight_updates", "target_accept", "init_step_size", "jitter")
 
 
 @dataclass
@@ -102,6 +112,8 @@ class TrainerConfig:
     on_nan: str = "stop"  # a non-finite bound or gradient: stop (keep the last good checkpoint) | skip_batch
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default
     figures: bool = True  # reconstructions and prior samples as PNG at the end
+    track_loglik: bool = False  # log an App. D estimate of log p(x) at each evaluation (Fig. 3); always on for mcem
+    loglik_points: int = 1000  # first training and test points of that estimate (AEVB App. E: 1000)
 
 
 @dataclass
@@ -164,7 +176,7 @@ CHOICES = {
     "dataset.test_split": ("test", "valid"),
     "model.name": ("vae", "linear_gaussian"),
     "model.decoder": ("bernoulli", "gaussian", "gaussian_sigmoid", "linear_gaussian"),
-    "method.name": ("aevb", "full_vb"),
+    "method.name": ("aevb", "wake_sleep", "mcem", "full_vb"),
     "posterior.kl": ("closed_form", "monte_carlo"),
     "estimator.name": ("sgvb_a", "sgvb_b"),
     "trainer.eval_estimator": ("sgvb_a", "sgvb_b"),
@@ -180,7 +192,8 @@ POSITIVE = (
     "trainer.batch_size", "trainer.max_samples", "trainer.eval_per_decade", "trainer.eval_first",
     "trainer.eval_every", "trainer.eval_n_samples", "trainer.eval_batch_size",
     "trainer.checkpoint_every", "trainer.progress_every", "dataset.n_train", "dataset.train_frames",
-    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads",
+    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads", "trainer.loglik_points",
+    "method.n_leapfrog", "method.n_weight_updates", "method.init_step_size",
 )
 NON_NEGATIVE = ("prior.precision", "optimizer.momentum", "posterior.eval_draws")
 WHOLE_NUMBERS = ("trainer.max_samples", "trainer.eval_first", "trainer.eval_every", "trainer.checkpoint_every")
@@ -231,8 +244,23 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train
         raise UserError(f"dataset.binarize={cfg.dataset.binarize} needs a Bernoulli decoder; set dataset.binarize=none for {cfg.model.decoder}")
     if cfg.method.name == "full_vb" and cfg.prior.precision == 0:
         raise UserError("method=full_vb needs a proper hyperprior p_alpha(theta) for KL(q(theta) || p(theta)); set prior.precision= above 0 (paper: 1)")
+    _validate_method(cfg.method)
     if cfg.dataset.name == "frey" and cfg.dataset.test_split != "test":
         raise UserError("Frey Face has one held-out split; leave dataset.test_split=test and move dataset.train_frames instead")
+
+
+def _validate_method(method: DictConfig) -> None:
+    """The HMC fields are set exactly for mcem (conf/method/mcem.yaml sets them)."""
+    for key in MCEM_FIELDS:
+        value = method.get(key)
+        if method.name == "mcem" and value is None:
+            raise UserError(f"method=mcem needs method.{key}; select the preset with method=mcem (conf/method/mcem.yaml)")
+        if method.name != "mcem" and value is not None:
+            raise UserError(f"method.{key} is a setting of method=mcem only; drop it for method={method.name}")
+    if method.name == "mcem" and not 0.0 < method.target_accept < 1.0:
+        raise UserError(f"method.target_accept={method.target_accept} must lie between 0 and 1 (paper: 0.9)")
+    if method.name == "mcem" and not 0.0 <= method.jitter < 1.0:
+        raise UserError(f"method.jitter={method.jitter} must lie in [0, 1); 0 keeps the step size fixed")
 
 
 def to_container(cfg: Any) -> dict:

@@ -43,12 +43,13 @@ def save_grid(images: torch.Tensor, image_shape: tuple[int, int], n_cols: int, p
 
 
 @torch.no_grad()
-def save_run_figures(model, data, fig_dir: Path, generator: torch.Generator) -> list[Path]:
-    """reconstructions.png (test images above their decoded means) and samples.png (10x10 prior draws)."""
+def save_run_figures(model, data, fig_dir: Path, generator: torch.Generator, reconstructions: bool = True) -> list[Path]:
+    """reconstructions.png (test images above their decoded means; only for a model whose encoder
+    was trained) and samples.png (10x10 prior draws)."""
     x = data.test[:10]
-    x_hat = model.decoder(model.encoder(x).mean).mean
     z = torch.randn((100, model.latent_dim), generator=generator, device=x.device)
-    return [
-        save_grid(torch.cat([x, x_hat]), data.image_shape, 10, fig_dir / "reconstructions.png"),
-        save_grid(model.decoder(z).mean, data.image_shape, 10, fig_dir / "samples.png"),
-    ]
+    paths = []
+    if reconstructions:
+        x_hat = model.decoder(model.encoder(x).mean).mean
+        paths.append(save_grid(torch.cat([x, x_hat]), data.image_shape, 10, fig_dir / "reconstructions.png"))
+    return paths + [save_grid(model.decoder(z).mean, data.image_shape, 10, fig_dir / "samples.png")]

@@ -24,13 +24,15 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .distributions import LOG_2PI
 from .estimators import Estimator, get_estimator, log_parameter_prior, map_objective, prior_parameters
-from .evaluate import BoundEstimate, bounds_per_datapoint, evaluate_bound, summarize_bounds
+from .evaluate import BoundEstimate, bounds_per_datapoint, evaluate_bound, average
 from .models import VAE
 from .optimizers import build_optimizer
 
@@ -165,11 +167,12 @@ def evaluate_over_posterior(model: VAE, posterior: ParameterPosterior, x: torch.
         return evaluate_bound(model, x, estimator, n_samples, batch_size, generator)
     draws = [bounds_per_datapoint(m, x, estimator, n_samples, batch_size, generator)
              for m in decoder_draws(model, posterior, n_draws, generator)]  # (K, n)
-    return summarize_bounds(torch.stack(draws).mean(0))
+    return average(torch.stack(draws).mean(0))
 
 
 @dataclass
 class FullVB:
+    has_encoder: ClassVar[bool] = True  # q(z|x) stays a point estimate with its bound evaluated
     model: VAE  # its decoder holds mu_theta
     posterior: ParameterPosterior
     optimizer: torch.optim.Optimizer

@@ -6,6 +6,12 @@ n_leapfrog, generator) -> (HMCState, HMCInfo)`, with unit-mass Gaussian momentum
 integration with half steps at both ends, and a Metropolis correction per chain. Step sizes are per
 chain; `adapt_step_size` moves them toward a target acceptance rate (App. E: 0.9) during adaptation,
 and `run_chains` freezes them afterwards. Chains never loop in Python: every operation is batched.
+`jitter` > 0 draws each transition's step size uniformly from step_size x [1 - jitter, 1 + jitter]
+(independently of the state, so the kernel stays reversible): with a fixed step size, a trajectory
+that happens to last half a period of a near-Gaussian target maps z to about -z and the chain only
+flips between two points ([Neal2011] §5.4.2.2 recommends such randomisation).
+
+[Neal2011] R. M. Neal, "MCMC using Hamiltonian dynamics", Handbook of MCMC, 2011.
 
 `log_prob` maps positions `(C, J)` to log-densities `(C,)` (unnormalised is fine) and must be
 differentiable in its argument; gradients are taken with autograd whatever the caller's grad mode.
@@ -65,9 +71,12 @@ def leapfrog(state: HMCState, momentum: torch.Tensor, log_prob: LogProb, step_si
 
 
 def hmc_step(state: HMCState, log_prob: LogProb, step_size: torch.Tensor, n_leapfrog: int,
-             generator: torch.Generator | None) -> tuple[HMCState, HMCInfo]:
+             generator: torch.Generator | None, jitter: float = 0.0) -> tuple[HMCState, HMCInfo]:
     """One HMC transition per chain: fresh momentum, leapfrog, Metropolis accept or reject."""
     step_size = step_size.reshape(-1, 1)
+    if jitter > 0:  # a random step size per chain and transition ([Neal2011])
+        u = torch.rand(step_size.shape, generator=generator, device=step_size.device, dtype=step_size.dtype)
+        step_size = step_size * (1.0 + jitter * (2.0 * u - 1.0))
     p0 = torch.randn(state.z.shape, generator=generator, device=state.z.device, dtype=state.z.dtype)
     proposal, p1 = leapfrog(state, p0, log_prob, step_size, n_leapfrog)
     energy_change = (-proposal.log_prob + 0.5 * (p1**2).sum(-1)) - (-state.log_prob + 0.5 * (p0**2).sum(-1))
@@ -101,17 +110,17 @@ class HMCResult:
 
 def run_chains(state: HMCState, log_prob: LogProb, step_size: torch.Tensor, n_leapfrog: int,
                n_samples: int, n_adapt: int, generator: torch.Generator | None,
-               target_accept: float = 0.9, thin: int = 1) -> HMCResult:
+               target_accept: float = 0.9, thin: int = 1, jitter: float = 0.0) -> HMCResult:
     """`n_adapt` transitions that adapt the step sizes (draws discarded), then `n_samples` draws
-    `thin` transitions apart with the step sizes frozen."""
+    `thin` transitions apart with the step sizes frozen; `jitter` as in `hmc_step`."""
     step_size = step_size.expand(state.z.shape[0]).clone()
     for _ in range(n_adapt):
-        state, info = hmc_step(state, log_prob, step_size, n_leapfrog, generator)
+        state, info = hmc_step(state, log_prob, step_size, n_leapfrog, generator, jitter)
         step_size = adapt_step_size(step_size, info.accept_prob, target_accept)
     draws, accept_sum = [], torch.zeros_like(step_size)
     for _ in range(n_samples):
         for _ in range(thin):
-            state, info = hmc_step(state, log_prob, step_size, n_leapfrog, generator)
+            state, info = hmc_step(state, log_prob, step_size, n_leapfrog, generator, jitter)
             accept_sum += info.accept_prob
         draws.append(state.z)
     accept_rate = accept_sum / max(n_samples * thin, 1)

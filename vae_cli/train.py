@@ -1,10 +1,12 @@
 """The training loop, written like Algorithm 1 (minibatch AEVB) and shared by every method.
 
 repeat: draw a minibatch X^M (index slices of a per-epoch permutation of the training set), let the
-method update the parameters on it, count M more "training samples evaluated" (Fig. 2's x-axis);
-at log-spaced (or evenly spaced) sample counts evaluate the lower bound on train and test data and
-append a row to metrics.jsonl; every `trainer.checkpoint_every` samples save everything needed to
-continue exactly. `train(cfg, run_dir) -> dict` is the whole job; the console script wraps it.
+method (AEVB, wake-sleep, MCEM or full VB) update the parameters on it, count M more "training
+samples evaluated" (Figs. 2-3's x-axis); at log-spaced (or evenly spaced) sample counts evaluate the
+lower bound (methods with a q(z|x)) and, with `trainer.track_loglik` or for MCEM, the App. D estimate
+of log p(x) on train and test data, and append a row to metrics.jsonl; every
+`trainer.checkpoint_every` samples save everything needed to continue exactly.
+`train(cfg, run_dir) -> dict` is the whole job; the console script wraps it.
 
 Around that: a run resumed from its checkpoint continues exactly (`trainer.resume=true`); SIGINT and
 SIGTERM save a checkpoint at the next step boundary and stop (`signals.GracefulStop`); every update
@@ -24,11 +26,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import aevb, full_vb
+from . import aevb, full_vb, mcem, wake_sleep
 from .config import to_container, validate
 from .data import Dataset, load_dataset
 from .errors import RunStopped, UserError
-from .evaluate import evaluate_bound, evaluation_generator
+from .evaluate import evaluate_bound, evaluate_loglik, evaluation_generator
 from .figures import save_run_figures
 from .models import build_vae
 from .optimizers import NonFiniteGuard
@@ -36,7 +38,9 @@ from .runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences,
                    start_run_dir)
 from .signals import GracefulStop
 
-METHODS = {"aevb": aevb.build, "full_vb": full_vb.build}
+METHODS = {"aevb": aevb.build, "wake_sleep": wake_sleep.build, "mcem": mcem.build, "full_vb": full_vb.build}
+BOUND_FIELDS = ("estimator", "n_samples", "train_bound", "train_bound_se", "train_points", "test_bound", "test_bound_se", "test_points")
+LOGLIK_FIELDS = ("loglik_estimator", "loglik_points", "train_loglik", "train_loglik_se", "test_loglik", "test_loglik_se")
 
 
 @dataclass
@@ -83,6 +87,40 @@ def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator
     idx = progress.permutation[progress.position : progress.position + batch_size]
     progress.position += batch_size
     return idx
+
+
+def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
+    """The evaluation fields of one metrics row (same function for both sets, every method).
+
+    Every row holds the same keys: the lower bound (null for a method without q(z|x), i.e. MCEM) and
+    the App. D log-likelihood on the first `trainer.loglik_points` points (null unless
+    `trainer.track_loglik` or the method has no q(z|x)). The bound is `evaluate_bound` of
+    `method.model`, unless the method evaluates it itself and says how in extra fields of the row
+    (full VB: theta at q(theta)'s mean or averaged over draws). Deterministic given seed and `samples`.
+    """
+    t = cfg.trainer
+    generator = evaluation_generator(data.test.device, cfg.seed, samples)
+    row = dict.fromkeys(BOUND_FIELDS + LOGLIK_FIELDS)
+    splits = (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points))
+    if method.has_encoder:
+        bound_of = getattr(method, "evaluate_bound", functools.partial(evaluate_bound, method.model))
+        row.update(estimator=t.eval_estimator, n_samples=t.eval_n_samples)
+        row.update(method.evaluation_fields() if hasattr(method, "evaluation_fields") else {})
+        for split, x, n_points in splits:
+            bound = bound_of(x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
+            row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
+    if t.track_loglik or not method.has_encoder:
+        row.update(loglik_estimator="appendix_d")
+        for split, x, _ in splits:
+            loglik = evaluate_loglik(method.model, x[: t.loglik_points], t.eval_batch_size, generator)
+            row.update({f"{split}_loglik": loglik.mean, f"{split}_loglik_se": loglik.std_err, "loglik_points": loglik.n_points})
+    return row
+
+
+def curve_values(row: dict) -> dict:
+    """The curves of a metrics row that were evaluated: bound and log-likelihood, train and test."""
+    keys = ("train_bound", "test_bound", "train_loglik", "test_loglik")
+    return {k: row[k] for k in keys if row.get(k) is not None}
 
 
 def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
@@ -228,7 +266,8 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
             raise _diverged("the bound or a gradient", first_bad, first_bad * batch_size, cfg, run_dir)
         progress.skipped += n_bad
         if window_n.item():
-            bar.set_postfix(bound=f"{window_sum.item() / window_n.item():.2f}", refresh=False)
+            running = window_sum.item() / window_n.item()
+            bar.set_postfix({"bound" if method.has_encoder else "log p(x,z)": f"{running:.2f}"}, refresh=False)
             window_sum, window_n = torch.zeros_like(window_sum), torch.zeros_like(window_n)
         bar.update(progress.samples - bar.n)
 
@@ -240,19 +279,21 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
             if schedule and progress.samples >= schedule[0]:
                 refresh()
                 row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
-                row.update(evaluate(cfg, method, data, progress.samples))
+                row.update(method=cfg.method.name, **evaluate(cfg, method, data, progress.samples))
                 if guard.skip:
                     row["skipped_steps"] = progress.skipped
                 now = time.perf_counter()
                 row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
                 last_eval = (now, progress.samples)
-                if not math.isfinite(row["train_bound"] + row["test_bound"]):
-                    raise _diverged("the evaluated bound", progress.step, progress.samples, cfg, run_dir)
+                curves = curve_values(row)
+                if not math.isfinite(sum(curves.values())):
+                    raise _diverged("the evaluated bound or log-likelihood", progress.step, progress.samples, cfg, run_dir)
                 metrics.append(row)
                 if tb:
-                    for k in ("train_bound", "test_bound"):
-                        tb.add_scalar(f"bound/{k.split('_')[0]}", row[k], progress.samples)
-                bar.write(f"samples {progress.samples:>11,}  train {row['train_bound']:9.2f}  test {row['test_bound']:9.2f}")
+                    for k, v in curves.items():
+                        split, kind = k.split("_")
+                        tb.add_scalar(f"{kind}/{split}", v, progress.samples)
+                bar.write(f"samples {progress.samples:>11,}  " + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
                 schedule.pop(0)
             if progress.samples >= max_samples:
                 break
@@ -280,7 +321,8 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
     if tb:
         tb.close()
-    figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1)) if t.figures else []
+    figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
+                               reconstructions=method.has_encoder) if t.figures else []
     last = metrics.rows[-1]
     print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
     if figures:
@@ -288,5 +330,5 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     if progress.skipped:
         print(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
     return {"run_dir": str(run_dir), "samples": progress.samples, "step": progress.step,
-            "train_bound": last["train_bound"], "test_bound": last["test_bound"], "skipped_steps": progress.skipped,
+            **{k: last[k] for k in ("train_bound", "test_bound", "train_loglik", "test_loglik")}, "skipped_steps": progress.skipped,
             "wall_seconds": progress.wall_seconds, "metrics": str(metrics.path), "checkpoint": str(checkpoint)}
