@@ -238,5 +238,7 @@ def test_tracked_log_likelihood_is_deterministic_and_above_the_bound(tmp_path, s
     cfg = compose_config([f"dataset.root={shared_data}", *SHORT, *overrides])
     data = load_dataset(cfg.dataset, CPU)
     model = build_vae(data.data_dim, 3, [100], "bernoulli", 0.01, torch.Generator().manual_seed(0))  # the run's model at 0
-    again = evaluate(cfg, model, data, 0)
+    from vae_cli import aevb
+
+    again = evaluate(cfg, aevb.build(cfg, model, data.n_train, CPU), data, 0)
     assert again == {k: v for k, v in rows[0].items() if k in again}  # the evaluation at 0, recomputed

@@ -123,24 +123,6 @@ def curve_values(row: dict) -> dict:
     return {k: row[k] for k in keys if row.get(k) is not None}
 
 
-def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
-    """The train and test lower bounds of one metrics row (same function for both sets).
-
-    The bound is `evaluate_bound` of `method.model`, unless the method evaluates it itself and says
-    how in extra fields of the row (full VB: theta at q(theta)'s mean or averaged over draws).
-    """
-    t = cfg.trainer
-    generator = evaluation_generator(data.test.device, cfg.seed, samples)
-    bound_of = getattr(method, "evaluate_bound", functools.partial(evaluate_bound, method.model))
-    row = {"estimator": t.eval_estimator, "n_samples": t.eval_n_samples}
-    if hasattr(method, "evaluation_fields"):
-        row.update(method.evaluation_fields())
-    for split, x, n_points in (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points)):
-        bound = bound_of(x[:n_points], t.eval_estimator, t.eval_n_samples, t.eval_batch_size, generator)
-        row.update({f"{split}_bound": bound.mean, f"{split}_bound_se": bound.std_err, f"{split}_points": bound.n_points})
-    return row
-
-
 def _diverged(what: str, step: int, samples: int, cfg, run_dir: Path) -> UserError:
     """The one-line report of a divergence: where, what is kept, and the fixes."""
     return UserError(
