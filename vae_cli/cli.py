@@ -154,3 +154,22 @@ def eval_main() -> None:
         run_console_script(_eval_app, "vae-eval")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def report_main() -> None:
+    """`vae-report DIR`: the paper's figures and report.md for the runs under DIR."""
+    import argparse
+
+    from .report import report
+
+    parser = argparse.ArgumentParser(prog="vae-report", description="Draw the paper's figures from a vae-train sweep folder.")
+    parser.add_argument("folder", help="a sweep folder such as multirun/fig2_mnist/full, or any folder holding runs")
+    args = parser.parse_args()
+    made = report_user_errors("vae-report", report, Path(args.folder))
+    print(f"report:     {made['report']}  ({made['drawn']} of {made['runs']} runs drawn)")
+    for path in (p for p in made["figures"] if p.endswith(".png")):
+        print(f"figure:     {path}")
+    for path in made["unfinished"]:
+        print(f"unfinished: {path}")
+    for path in made["broken"]:
+        print(f"not drawn:  {path}")

@@ -107,6 +107,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     checkpoint_every: float = 1e6  # samples between checkpoints (one is always written at the end)
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
+    on_existing: str = "refuse"  # the run folder holds a run: refuse | continue (skip if finished, else resume)
     progress: bool = True  # tqdm bar
     progress_every: int = 50  # steps between progress refreshes and host reads of the finiteness checks
     on_nan: str = "stop"  # a non-finite bound or gradient: stop (keep the last good checkpoint) | skip_batch
@@ -132,6 +133,8 @@ class TrainConfig:
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment_name: Optional[str] = None  # set by an `experiment` preset; names its sweep folder
+    scale_name: str = "full"  # set by the `scale` group: full | smoke
     seed: int = 0  # one seed for initialisation, data order and noise
     device: str = "auto"  # auto | cpu | cuda
 
@@ -184,6 +187,7 @@ CHOICES = {
     "prior.scope": ("weights", "all", "none"),
     "trainer.eval_schedule": ("log", "linear"),
     "trainer.on_nan": ("stop", "skip_batch"),
+    "trainer.on_existing": ("refuse", "continue"),
     "logger.name": ("jsonl", "tensorboard"),
     "device": ("auto", "cpu", "cuda"),
 }

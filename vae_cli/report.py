@@ -1,12 +1,18 @@
 """`vae-report DIR`: the paper's figures and a table from the runs of a sweep folder.
 
 Every folder under DIR that holds a `config.yaml` is a run; its saved config says what it is
-(data set, N_z, method, N_train, seed) and its `metrics.jsonl` what it measured. Figure 2 (lower
-bound against training samples, log axis, one panel per N_z, AEVB and wake-sleep, train and test),
-Figure 3 (marginal log-likelihood against samples, linear axis, one panel per N_train) and the
-paper's own numbers (PAPER.md §7, `paper_values.py`) are drawn side by side; runs of several seeds
-are drawn as their mean with a band from min to max. Broken or unfinished runs are reported and the
-rest is drawn. Outputs go to DIR/report/: PNG and PDF figures and `report.md`.
+(data set, N_z, method, N_train, stepsize, seed) and its `metrics.jsonl` what it measured. Drawn
+beside the paper's own numbers (PAPER.md §7, `paper_values.py`):
+- Figure 2: lower bound against training samples (log axis), one panel per N_z, AEVB and
+  wake-sleep, train and test; runs of several seeds as their mean with a band from min to max;
+- Figure 3: App. D marginal log-likelihood against samples (millions), one panel per N_train;
+- Figure 4: decoder means over a grid of the unit square mapped through the inverse Gaussian CDF,
+  for every run with N_z = 2 (from its checkpoint);
+- Figure 5: 10x10 decoder means of z ~ N(0, I) per N_z of the MNIST runs (from their checkpoints).
+`report.md` holds the table of our bounds at 1e6, 1e7, 1e8 samples beside the paper's, the stepsize
+choice when the runs differ in `optimizer.lr` (the paper's selection, `hparams_search=stepsize`),
+and what is missing. Broken or unfinished runs are reported and the rest is drawn. Outputs go to
+DIR/report/ (derived files, rewritten by each report): PNG and PDF figures and `report.md`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .paper_values import CHECKPOINTS, FIG2_BOUND, FIG2_PANELS, FIG2_YLIM, FIG3_LOGLIK, FIG3_YLIM
+from .paper_values import (CHECKPOINTS, FIG2_BOUND, FIG2_HIDDEN, FIG2_PANELS, FIG2_YLIM, FIG3_CHECKPOINTS, FIG3_LOGLIK, FIG3_MODEL,
+                           FIG3_YLIM)
 from .runs import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, atomic_write_text
 
 COLOURS = {"aevb": "tab:red", "wake_sleep": "tab:green", "mcem": "tab:blue", "full_vb": "tab:purple"}
@@ -38,10 +45,22 @@ class Run:
         return bool(self.metrics) and self.metrics[-1]["samples"] >= int(self.config["trainer"]["max_samples"])
 
     @property
+    def as_in_fig2(self) -> bool:
+        """Trained as the paper's Fig. 2 models: all training data, the paper's hidden units."""
+        c = self.config
+        return c["dataset"].get("n_train") is None and list(c["model"]["hidden"]) == FIG2_HIDDEN[c["dataset"]["name"]]
+
+    @property
+    def as_in_fig3(self) -> bool:
+        c = self.config
+        return (c["dataset"]["name"], list(c["model"]["hidden"]), c["model"]["latent_dim"]) == tuple(FIG3_MODEL.values())
+
+    @property
     def key(self) -> tuple:
         """What the paper's figures tell runs apart by (the seed is not part of it)."""
         c = self.config
-        return (c["dataset"]["name"], c["model"]["latent_dim"], c["method"]["name"], c["dataset"].get("n_train"))
+        return (c["dataset"]["name"], c["model"]["latent_dim"], c["method"]["name"], c["dataset"].get("n_train"),
+                c.get("optimizer", {}).get("lr"))
 
 
 def load_run(path: Path) -> Run:
@@ -65,7 +84,7 @@ def load_run(path: Path) -> Run:
 def find_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; give vae-report a sweep folder such as multirun/<date>/<time>")
-    runs = [load_run(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if "report" not in p.parts]
+    runs = [load_run(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if "report" not in p.relative_to(root).parts]
     if not runs:
         raise UserError(f"{root} holds no vae-train runs (no config.yaml below it); give vae-report a folder written by vae-train --multirun")
     return runs
@@ -86,19 +105,20 @@ def value_at(runs: list[Run], field_name: str, samples: int) -> float | None:
 
 
 def _grouped(runs: list[Run]) -> dict[tuple, list[Run]]:
+    """Runs (seeds) by what they are, in a stable order: data set, N_z, method, N_train, stepsize."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.key, []).append(run)
-    return groups
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or 0, kv[0][4] or 0)))
 
 
-def _plot_curves(ax, runs: list[Run], method: str, field_prefix: str, x_scale: float = 1.0) -> None:
+def _plot_curves(ax, runs: list[Run], method: str, field_prefix: str, x_scale: float = 1.0, note: str = "") -> None:
     for split, style in (("train", "-"), ("test", "--")):
         x, mean, low, high = curve(runs, f"{split}_{field_prefix}")
         if not x:
             continue
         xs = [n / x_scale for n in x]
-        ax.plot(xs, mean, style, color=COLOURS.get(method, "black"), label=f"{LABELS.get(method, method)} ({split})")
+        ax.plot(xs, mean, style, color=COLOURS.get(method, "black"), label=f"{LABELS.get(method, method)}{note} ({split})")
         if len(runs) > 1:
             ax.fill_between(xs, low, high, color=COLOURS.get(method, "black"), alpha=0.15, linewidth=0)
 
@@ -116,16 +136,20 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 
 
 def draw_figure_2(groups: dict, dataset: str, out: Path, plt) -> list[Path]:
-    """One panel per N_z: bound against training samples (log axis), as the paper's Fig. 2."""
+    """One panel per N_z: bound against training samples (log axis), as the paper's Fig. 2; runs on
+    all training data only, the paper's values only beside runs of the paper's models."""
+    groups = {k: v for k, v in groups.items() if k[3] is None}
     nzs = sorted({k[1] for k in groups if k[0] == dataset and k[2] in ("aevb", "wake_sleep")})
     if not nzs:
         return []
     fig, axes = plt.subplots(1, len(nzs), figsize=(3.2 * len(nzs), 3.0), squeeze=False)
     for ax, nz in zip(axes[0], nzs):
-        for (ds, z, method, _), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        several_lr = len({k[4] for k in groups}) > 1
+        for (ds, z, method, _, lr), runs in groups.items():
             if ds == dataset and z == nz and method in ("aevb", "wake_sleep"):
-                _plot_curves(ax, runs, method, "bound")
-        for method in ("aevb", "wake_sleep"):
+                _plot_curves(ax, runs, method, "bound", note=f" lr={lr}" if several_lr else "")
+        as_paper = all(r.as_in_fig2 for k, runs in groups.items() if k[:2] == (dataset, nz) for r in runs)
+        for method in ("aevb", "wake_sleep") if as_paper else ():
             for split, marker in (("train", "o"), ("test", "x")):
                 paper = FIG2_BOUND.get((dataset, nz, method, split), {})
                 pts = [(n, v) for n, v in paper.items() if v is not None]
@@ -153,7 +177,7 @@ def draw_figure_3(groups: dict, out: Path, plt) -> list[Path]:
         return []
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.2), squeeze=False)
     for ax, n_train in zip(axes[0], sizes):
-        for (_, _, method, n), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        for (_, _, method, n, _), runs in groups.items():
             if (n or 50000) == n_train:
                 _plot_curves(ax, runs, method, "loglik", x_scale=1e6)
         for (n, method, split), points in FIG3_LOGLIK.items():
@@ -171,25 +195,133 @@ def draw_figure_3(groups: dict, out: Path, plt) -> list[Path]:
     return paths
 
 
+def _checkpoint_model(run: Run):
+    """The run's trained model from its checkpoint (as vae-eval rebuilds it), or None if unreadable."""
+    import torch
+
+    from .data import IMAGE_SHAPES
+    from .eval_run import read_run, rebuild_model
+
+    shape = IMAGE_SHAPES[run.config["dataset"]["name"]]
+    try:
+        return rebuild_model(read_run(run.path, torch.device("cpu")), shape[0] * shape[1], torch.device("cpu"))
+    except UserError as e:
+        run.problem = f"no usable checkpoint for the image figures ({str(e)[:80]})"
+        return None
+
+
+def manifold_grid(model, n: int):
+    """Decoder means over an n x n grid of the unit square mapped through the inverse Gaussian CDF
+    (Fig. 4): z = Phi^-1((k + 1/2) / n), k = 0..n-1, both axes (the endpoints 0, 1 excluded)."""
+    import torch
+
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    z1d = torch.special.ndtri(u).float()
+    z = torch.stack(torch.meshgrid(z1d.flip(0), z1d, indexing="ij"), -1).reshape(-1, 2)  # rows: z_2 top to bottom
+    with torch.no_grad():
+        return model.decoder(z).mean
+
+
+def draw_figure_4(groups: dict, out: Path) -> list[Path]:
+    """The learned 2-D manifolds: 20x20 for MNIST, 10x10 for Frey Face, as in the paper."""
+    from .data import IMAGE_SHAPES
+    from .figures import save_grid
+
+    paths = []
+    for (dataset, nz, method, _, _), runs in groups.items():
+        model = _checkpoint_model(runs[0]) if nz == 2 and method in ("aevb", "full_vb") else None
+        if model is not None:
+            n = 20 if dataset == "mnist" else 10
+            paths.append(save_grid(manifold_grid(model, n), IMAGE_SHAPES[dataset], n, out / f"fig4_{dataset}.png",
+                                   dark_on_white=dataset == "mnist"))
+    return paths
+
+
+def draw_figure_5(groups: dict, out: Path, plt) -> list[Path]:
+    """10x10 decoder means of z ~ N(0, I) for each N_z of the MNIST AEVB runs, side by side."""
+    import torch
+
+    from .figures import tile
+
+    panels = []
+    for (dataset, nz, method, _, _), runs in groups.items():
+        model = _checkpoint_model(runs[0]) if dataset == "mnist" and method == "aevb" else None
+        if model is not None:
+            z = torch.randn((100, nz), generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                images = model.decoder(z).mean.reshape(-1, 28, 28).numpy()
+            panels.append((nz, tile(1.0 - images, 10)))
+    if not panels:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), squeeze=False)
+    for ax, (letter, (nz, mosaic)) in zip(axes[0], zip("abcdefgh", panels)):
+        ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"({letter}) {nz}-D latent space", fontsize=9)
+        ax.axis("off")
+    paths = _save(fig, out, "fig5")
+    plt.close(fig)
+    return paths
+
+
+def stepsize_table(groups: dict) -> list[str]:
+    """The paper's stepsize selection: final training bound per candidate, best marked (PAPER.md §6)."""
+    by_setting: dict[tuple, dict] = {}
+    for (dataset, nz, method, n_train, lr), runs in groups.items():
+        final = [r.metrics[-1].get("train_bound") for r in runs if r.metrics[-1].get("train_bound") is not None]
+        if final:
+            by_setting.setdefault((dataset, nz, method, n_train), {})[lr] = (sum(final) / len(final), runs[0].metrics[-1]["samples"])
+    rows = {k: v for k, v in by_setting.items() if len(v) > 1}
+    if not rows:
+        return []
+    lines = ["## Stepsize selection (PAPER.md §6: Adagrad's stepsize from {0.01, 0.02, 0.1} by the training bound)", "",
+             "| data | N_z | method | samples | " + " | ".join(f"lr={lr}" for lr in sorted({lr for v in rows.values() for lr in v})) + " | best |",
+             "|" + "---|" * (5 + len({lr for v in rows.values() for lr in v}))]
+    for (dataset, nz, method, n_train), by_lr in sorted(rows.items(), key=lambda kv: str(kv[0])):
+        best = max(by_lr, key=lambda lr: by_lr[lr][0])
+        cells = [f"**{by_lr[lr][0]:.1f}**" if lr == best else f"{by_lr[lr][0]:.1f}" if lr in by_lr else "—"
+                 for lr in sorted({lr for v in rows.values() for lr in v})]
+        lines.append(f"| {dataset} | {nz} | {method} | {max(s for _, s in by_lr.values()):.1e} | " + " | ".join(cells) + f" | {best} |")
+    return lines + [""]
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
-def report_table(groups: dict) -> list[str]:
-    """One row per (data set, N_z, method, N_train): ours at 1e6, 1e7, 1e8 beside the paper's."""
-    lines = ["| data | N_z | method | N_train | seeds | samples | " + " | ".join(
-        f"{split} @{n:.0e}: ours / paper / diff" for n in CHECKPOINTS for split in ("train", "test")) + " |"]
-    lines.append("|" + "---|" * (6 + 2 * len(CHECKPOINTS)))
-    for (dataset, nz, method, n_train), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+def _comparison_rows(groups: dict, field: str, checkpoints: tuple, paper_of) -> list[str]:
+    """Rows of ours / paper / difference at each checkpoint, train and test, one per group of seeds."""
+    lines = ["| data | N_z | method | N_train | hidden | lr | seeds | samples | last train / test | " + " | ".join(
+        f"{split} @{n:.0e}: ours / paper / diff" for n in checkpoints for split in ("train", "test")) + " |"]
+    lines.append("|" + "---|" * (9 + 2 * len(checkpoints)))
+    for (dataset, nz, method, n_train, lr), runs in groups.items():
         cells = []
-        for n in CHECKPOINTS:
+        for n in checkpoints:
             for split in ("train", "test"):
-                ours = value_at(runs, f"{split}_bound", n)
-                paper = FIG2_BOUND.get((dataset, nz, method, split), {}).get(n)
+                ours, paper = value_at(runs, f"{split}_{field}", n), paper_of(runs[0], method, split, n)
                 diff = None if ours is None or paper is None else ours - paper
                 cells.append(f"{_fmt(ours)} / {_fmt(paper)} / {_fmt(diff)}")
         reached = max(r.metrics[-1]["samples"] for r in runs)
-        lines.append(f"| {dataset} | {nz} | {method} | {n_train or 'all'} | {len(runs)} | {reached:.2e} | " + " | ".join(cells) + " |")
+        hidden = "x".join(str(h) for h in runs[0].config["model"]["hidden"])
+        last = " / ".join(_fmt(value_at(runs, f"{split}_{field}", min(r.metrics[-1]["samples"] for r in runs))) for split in ("train", "test"))
+        lines.append(f"| {dataset} | {nz} | {method} | {n_train or 'all'} | {hidden} | {lr} | {len(runs)} | {reached:.2e} | {last} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def report_tables(groups: dict) -> list[str]:
+    """Fig. 2's lower bounds (runs on all training data) and Fig. 3's log-likelihoods (runs that
+    tracked them) beside the paper's values; the paper's column stays empty for other models."""
+    fig2 = {k: v for k, v in groups.items() if k[3] is None and any(r.get("train_bound") is not None for r in v[0].metrics)}
+    fig3 = {k: v for k, v in groups.items() if any(r.get("train_loglik") is not None for r in v[0].metrics)}
+    lines = []
+    if fig2:
+        lines += ["## Lower bound beside the paper's Figure 2 (nats per datapoint)", "",
+                  *_comparison_rows(fig2, "bound", CHECKPOINTS, lambda run, method, split, n: FIG2_BOUND.get(
+                      (run.config["dataset"]["name"], run.config["model"]["latent_dim"], method, split), {}).get(n) if run.as_in_fig2 else None), ""]
+    if fig3:
+        lines += ["## Marginal log-likelihood (App. D) beside the paper's Figure 3 (nats per datapoint)", "",
+                  *_comparison_rows(fig3, "loglik", FIG3_CHECKPOINTS, lambda run, method, split, n: FIG3_LOGLIK.get(
+                      (run.config["dataset"].get("n_train") or 50000, method, split), {}).get(n) if run.as_in_fig3 else None), ""]
     return lines
 
 
@@ -211,8 +343,11 @@ def report(root: Path) -> dict:
     for dataset in FIG2_PANELS:
         figures += draw_figure_2(groups, dataset, out, plt)
     figures += draw_figure_3(groups, out, plt)
+    figures += draw_figure_4(groups, out)
+    figures += draw_figure_5(groups, out, plt)
     lines = [f"# vae-report: {root}", "", f"{len(good)} runs drawn, {len(runs) - len(good)} not drawn.", ""]
-    lines += ["## Lower bound beside the paper's Figure 2 (nats per datapoint)", "", *report_table(groups), ""]
+    lines += report_tables(groups)
+    lines += stepsize_table(groups)
     unfinished = [r for r in good if not r.finished]
     problems = [r for r in runs if r.problem]
     if unfinished or problems:
@@ -224,3 +359,4 @@ def report(root: Path) -> dict:
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"report": str(out / "report.md"), "figures": [str(p) for p in figures], "runs": len(runs),
             "drawn": len(good), "unfinished": [str(r.path) for r in unfinished], "broken": [str(r.path) for r in problems]}
+

@@ -34,7 +34,7 @@ WALL_CLOCK_FIELDS = ("wall_seconds", "samples_per_second")  # the only fields th
 RESUMABLE_CHANGES = {
     "trainer.resume", "trainer.max_samples", "trainer.progress", "trainer.progress_every",
     "trainer.threads", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
-    "dataset.download", "device", "logger.name", "trainer.on_nan",
+    "dataset.download", "device", "logger.name", "trainer.on_nan", "trainer.on_existing",
 }
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write_bytes writes before its rename
 

@@ -34,8 +34,8 @@ from .evaluate import evaluate_bound, evaluate_loglik, evaluation_generator
 from .figures import save_run_figures
 from .models import build_vae
 from .optimizers import NonFiniteGuard
-from .runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences, flatten, load_checkpoint, save_checkpoint, save_config,
-                   start_run_dir)
+from .runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences, flatten, holds_run, load_checkpoint,
+                   save_checkpoint, save_config, start_run_dir)
 from .signals import GracefulStop
 
 METHODS = {"aevb": aevb.build, "wake_sleep": wake_sleep.build, "mcem": mcem.build, "full_vb": full_vb.build}
@@ -217,15 +217,19 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     max_samples, batch_size = int(t.max_samples), t.batch_size
     if stop.requested:
         raise RunStopped(f"{stop.signal_name} before the run folder was claimed: nothing was written", stop.exit_code)
-    start_run_dir(run_dir, to_container(cfg), t.resume)
+    resume = t.resume or (t.on_existing == "continue" and holds_run(run_dir))  # a relaunched sweep continues
+    start_run_dir(run_dir, to_container(cfg), resume)
     progress, metrics = Progress(), MetricsLog(run_dir)
-    if t.resume and (run_dir / CHECKPOINT_FILE).is_file():  # else killed before the checkpoint at sample 0
+    if resume and (run_dir / CHECKPOINT_FILE).is_file():  # else killed before the checkpoint at sample 0
         _restore(run_dir, cfg, model, method, progress, generators, device)
         if progress.samples > max_samples:
             raise UserError(f"trainer.max_samples={max_samples} is below the {progress.samples} samples {run_dir} has trained; "
                             f"set trainer.max_samples= to at least {progress.samples}")
         metrics.resume(progress.samples)  # rows past the checkpoint are recomputed, identically
-    if t.resume:
+        if progress.samples >= max_samples and metrics.rows and metrics.rows[-1]["samples"] >= max_samples:
+            print(f"{run_dir}: finished already ({progress.samples} samples), nothing to do")
+            return _summary(run_dir, progress, metrics, run_dir / CHECKPOINT_FILE)
+    if resume:
         save_config(run_dir, to_container(cfg))  # with this resumption's budget, device, ...
     if not (run_dir / CHECKPOINT_FILE).is_file():
         _checkpoint(run_dir, cfg, model, method, progress, generators)  # at sample 0, so that any later kill can resume
@@ -305,12 +309,17 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
         tb.close()
     figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
                                reconstructions=method.has_encoder) if t.figures else []
-    last = metrics.rows[-1]
     print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
     if figures:
         print(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
     if progress.skipped:
         print(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
+    return _summary(run_dir, progress, metrics, checkpoint)
+
+
+def _summary(run_dir: Path, progress: Progress, metrics: MetricsLog, checkpoint: Path) -> dict:
+    """What `train` returns: the folder, the counters and the last evaluation's curves."""
+    last = metrics.rows[-1]
     return {"run_dir": str(run_dir), "samples": progress.samples, "step": progress.step,
-            **{k: last[k] for k in ("train_bound", "test_bound", "train_loglik", "test_loglik")}, "skipped_steps": progress.skipped,
+            **{k: last.get(k) for k in ("train_bound", "test_bound", "train_loglik", "test_loglik")}, "skipped_steps": progress.skipped,
             "wall_seconds": progress.wall_seconds, "metrics": str(metrics.path), "checkpoint": str(checkpoint)}
