@@ -171,3 +171,24 @@ def test_the_default_is_iwae_with_5000_samples_on_the_test_set():
     assert cfg.likelihood.name == "iwae" and cfg.likelihood.k == 5000 and cfg.split == "test"
     with pytest.raises(UserError, match="likelihood.target_accept=1.5 must lie strictly between 0 and 1"):
         validate_eval(compose_config(["run_dir=x", "likelihood=ais", "likelihood.target_accept=1.5"], config_name="eval"))
+
+
+def test_a_full_vb_run_is_evaluated_at_the_posterior_mean_or_over_draws_of_theta(shared_data, tmp_path):
+    """`estimator=` spells `likelihood=`; theta_draws=K averages the estimate over K draws theta ~ q(theta)
+    and says so; draws of theta widen the decoder, so their average ELBO lies below the mean's."""
+    run = _train(tmp_path / "fvb", shared_data, "method=full_vb", "model.latent_dim=5", "posterior.init_log_sigma=-2")
+    at_mean = vae_eval(f"run_dir={run}", "estimator=elbo", "n_points=50", "threads=1", cwd=tmp_path, data=shared_data)
+    assert at_mean.returncode == 0, at_mean.stderr
+    drawn = vae_eval(f"run_dir={run}", "estimator=elbo", "n_points=50", "threads=1", "theta_draws=4", cwd=tmp_path, data=shared_data)
+    assert drawn.returncode == 0, drawn.stderr
+    summaries = sorted((run / "eval").glob("elbo-test-*.json"))
+    mean, draws = (json.loads(p.read_text()) for p in summaries)
+    assert mean["theta"] == "mean" and draws["theta"] == "q_draws:4"
+    assert draws["log_px"] < mean["log_px"]
+
+
+def test_mcem_runs_refuse_estimators_that_sample_from_q(shared_data, tmp_path):
+    run = _train(tmp_path / "mcem", shared_data, "method=mcem", "model.latent_dim=3", "model.hidden=[100]")
+    refused = vae_eval(f"run_dir={run}", "likelihood=iwae", *QUICK, cwd=tmp_path, data=shared_data)
+    assert refused.returncode == 2 and "trained by MCEM, which learns no q(z|x)" in refused.stderr
+    assert vae_eval(f"run_dir={run}", "likelihood=appendix_d", *QUICK, cwd=tmp_path, data=shared_data).returncode == 0

@@ -145,9 +145,12 @@ def _eval_app(cfg: DictConfig) -> None:
 def eval_main() -> None:
     """`vae-eval`: one estimate of log p(x) for a trained run, or several with --multirun.
 
+    `estimator=NAME` is accepted as another spelling of `likelihood=NAME`.
+
     Results go to the run's own `eval/` folder; the folder Hydra insists on creating (and a sweep's
     multirun.yaml) goes to a temporary folder that is removed at exit.
     """
+    sys.argv = [a.replace("estimator=", "likelihood=", 1) if a.startswith("estimator=") else a for a in sys.argv]  # an alias
     scratch = tempfile.mkdtemp(prefix="vae-eval-")
     os.environ["VAE_EVAL_SCRATCH"] = scratch
     try:

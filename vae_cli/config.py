@@ -162,6 +162,7 @@ class EvalConfig:
     seed: int = 0  # the estimator's noise
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default
+    theta_draws: int = 0  # full-VB runs: 0 evaluates at theta = q(theta)'s mean; K averages over K draws theta ~ q
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
 
 
@@ -291,6 +292,8 @@ def validate_eval(cfg: DictConfig) -> None:
         raise UserError(f"unknown config key '{extra[0]}'; see the keys with `vae-eval run_dir=... --cfg job`")
     present = {k: v for k, v in LIKELIHOOD_CHOICES.items() if OmegaConf.select(cfg, k) is not None}
     check_ranges(cfg, {**EVAL_CHOICES, **present}, EVAL_POSITIVE)
+    if cfg.theta_draws < 0:
+        raise UserError(f"theta_draws={cfg.theta_draws} must be >= 0 (0: theta at q(theta)'s mean)")
     if cfg.likelihood.name == "appendix_d" and cfg.likelihood.n_samples < 2:
         raise UserError("likelihood.n_samples must be at least 2 to fit q(z) (AEVB App. D); e.g. likelihood.n_samples=50")
     for key in ("likelihood.target_accept",):

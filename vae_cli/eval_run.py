@@ -79,12 +79,41 @@ def rebuild_model(state: dict, data_dim: int, device: torch.device):
     return model.to(device).eval().requires_grad_(False)
 
 
-def estimate(model, x: torch.Tensor, likelihood, batch_size: int, generator: torch.Generator) -> tuple[Estimate, float]:
-    """The chosen estimator over the rows of x in batches; the estimate and its wall-clock seconds."""
+def estimate(models: list, x: torch.Tensor, likelihood, batch_size: int, generator: torch.Generator) -> tuple[Estimate, float]:
+    """The chosen estimator over the rows of x in batches, averaged over `models` (one model, or the
+    draws theta ~ q(theta) of a full-VB run); the estimate and its wall-clock seconds."""
     estimator = ESTIMATORS[likelihood.name]
     start = time.perf_counter()
-    result = concat([estimator(model, batch, likelihood, generator) for batch in x.split(batch_size)])
-    return result, time.perf_counter() - start
+    results = [concat([estimator(model, batch, likelihood, generator) for batch in x.split(batch_size)]) for model in models]
+    return average_estimates(results), time.perf_counter() - start
+
+
+def average_estimates(results: list[Estimate]) -> Estimate:
+    """The per-datapoint mean of estimates made with different draws of theta (their Monte Carlo
+    errors averaged in quadrature: independent draws)."""
+    if len(results) == 1:
+        return results[0]
+    k = len(results)
+    return Estimate(
+        torch.stack([r.log_px for r in results]).mean(0),
+        torch.stack([r.mc_std_err**2 for r in results]).sum(0).sqrt() / k,
+        {name: torch.stack([r.diagnostics[name] for r in results]).mean(0) for name in results[0].diagnostics},
+    )
+
+
+def models_to_evaluate(state: dict, model, theta_draws: int, generator: torch.Generator) -> tuple[list, str | None]:
+    """The model as trained, or for a full-VB run theta at q(theta)'s mean or K draws theta ~ q."""
+    method = state["config"].get("method", {}).get("name", "aevb")
+    if method != "full_vb":
+        if theta_draws:
+            raise UserError(f"theta_draws={theta_draws} applies to method=full_vb runs; this run was trained with method={method}: leave theta_draws=0")
+        return [model], None
+    if not theta_draws:
+        return [model], "mean"
+    from .full_vb import decoder_draws, posterior_from_checkpoint
+
+    posterior = posterior_from_checkpoint(model, state)
+    return list(decoder_draws(model, posterior, theta_draws, generator)), f"q_draws:{theta_draws}"
 
 
 def summarise(result: Estimate, exact: torch.Tensor | None, seconds: float) -> dict:
@@ -156,6 +185,9 @@ def print_table(s: dict) -> None:
     if "exact_log_px" in s:
         header += f" {'exact':>10} {'est-exact':>10}"
         line += f" {s['exact_log_px']:10.3f} {s['estimate_minus_exact']:10.4f}"
+    if "theta" in s:
+        header += f" {'theta':>10}"
+        line += f" {s['theta']:>10}"
     print(f"{header}\n{line}")
 
 
@@ -170,15 +202,20 @@ def evaluate(cfg) -> dict:
     x = load_split(state["config"]["dataset"], cfg, device)
     model = rebuild_model(state, x.shape[1], device)
     likelihood = OmegaConf.to_object(cfg.likelihood)
+    if state["config"].get("method", {}).get("name") == "mcem" and likelihood.name in ("elbo", "iwae"):
+        raise UserError(f"{run_dir} was trained by MCEM, which learns no q(z|x) for likelihood={likelihood.name} to sample from; "
+                        "use likelihood=ais or likelihood=appendix_d")
     if likelihood.name == "appendix_d" and model.latent_dim > RELIABLE_LATENT_DIM:
         print(f"vae-eval: warning: appendix_d is reliable only below 5 latent dimensions (AEVB App. D) and this "
               f"model has Nz={model.latent_dim}; prefer likelihood=iwae or likelihood=ais", file=sys.stderr)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    result, seconds = estimate(model, x, likelihood, cfg.batch_size, generator)
+    models, theta = models_to_evaluate(state, model, cfg.theta_draws, generator)
+    result, seconds = estimate(models, x, likelihood, cfg.batch_size, generator)
     exact_fn = getattr(model.decoder, "exact_log_marginal", None)
     exact = exact_fn(x.double()).detach() if exact_fn is not None else None
     settings = {k: v for k, v in asdict(likelihood).items() if k != "name"}
-    summary = {"estimator": likelihood.name, "split": cfg.split, **summarise(result, exact, seconds),
+    summary = {"estimator": likelihood.name, "split": cfg.split, **({"theta": theta} if theta else {}),
+               **summarise(result, exact, seconds),
                "settings": settings, "run_dir": str(run_dir), "samples": state.get("progress", {}).get("samples"),
                "dataset": state["config"]["dataset"]["name"], "latent_dim": model.latent_dim, "seed": cfg.seed,
                "device": str(device), "torch": torch.__version__,
