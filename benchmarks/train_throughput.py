@@ -11,7 +11,11 @@ the paper's MNIST model (784-500-Nz, Nz=20, tanh, Bernoulli decoder) for each mi
 - `gemm bound`: the matrix products of one step alone at the model's shapes (forward, and the
   input and weight gradients of backward), timed back to back: no model can step faster.
 
-Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N]
+Then, unless `--no-rss`, the peak resident memory of a real `vae-train` run on all of MNIST (the
+console script in a child process, 10^5 samples with its evaluations of the whole train and test
+sets, checkpoints and figures), against the target of 1 GB.
+
+Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N] [--no-rss]
 Prints datapoints/s, the ratio of vae-cli to the examples loop and vae-cli's share of the bound.
 """
 
@@ -19,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,12 +146,22 @@ def rate(step, batch_size: int, min_seconds: float) -> float:
     return n * batch_size / elapsed
 
 
+def training_run_peak_rss_mib(threads: int | None) -> float:
+    """Peak RSS of one `vae-train` process training the paper's MNIST model (the only child waited for)."""
+    with tempfile.TemporaryDirectory() as folder:
+        args = [str(Path(sys.executable).parent / "vae-train"), "trainer.max_samples=1e5", "trainer.progress=false",
+                f"hydra.run.dir={folder}/run", *([f"trainer.threads={threads}"] if threads else [])]
+        subprocess.run(args, check=True, capture_output=True, text=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of vae-train")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +183,10 @@ def main() -> None:
             print(f"  {name:<11} {value:>10,.0f} datapoints/s")
         print(f"  vae-cli / examples loop : {med['vae-cli'] / med['examples']:.2f}x")
         print(f"  vae-cli / GEMM bound    : {med['vae-cli'] / med['gemm bound']:.2f}")
+    if not args.no_rss:
+        peak = training_run_peak_rss_mib(args.threads)
+        print(f"\npeak RSS of vae-train on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): {peak:,.0f} MiB "
+              f"(target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,10 @@ def test_launcher_configs_for_local_cores_and_slurm_compose():
     slurm = composed("experiment=fig2_mnist", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
                      "hydra.launcher.timeout_min=2880", "hydra.launcher.gpus_per_node=1", part="hydra")["hydra"]["launcher"]
     assert slurm["partition"] == "gpu" and slurm["timeout_min"] == 2880 and slurm["gpus_per_node"] == 1
+
+
+def test_the_slurm_preset_requeues_timed_out_jobs_and_takes_overrides():
+    slurm = composed("experiment=fig2_mnist", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=8",
+                     part="hydra")["hydra"]["launcher"]
+    assert slurm["_target_"].endswith("SlurmLauncher") and slurm["partition"] == "gpu" and slurm["cpus_per_task"] == 8
+    assert slurm["max_num_timeout"] > 0 and slurm["gpus_per_node"] == 1 and slurm["timeout_min"] == 720

@@ -135,6 +135,15 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def _axis_range(ax, paper: tuple[float, float]) -> tuple[float, float]:
+    """The paper's y-range, widened to show where every curve ends and its highest point; the early
+    transient below the range is cut off, as in the paper's own panels."""
+    lines = [line.get_ydata() for line in ax.get_lines() if len(line.get_ydata())]
+    ends, tops = [y[-1] for y in lines], [max(y) for y in lines]
+    low, high = paper
+    return min([low, *(e - 0.05 * (high - low) for e in ends)]), max([high, *(t + 0.05 * (high - low) for t in tops)])
+
+
 def draw_figure_2(groups: dict, dataset: str, out: Path, plt) -> list[Path]:
     """One panel per N_z: bound against training samples (log axis), as the paper's Fig. 2; runs on
     all training data only, the paper's values only beside runs of the paper's models."""
@@ -157,14 +166,13 @@ def draw_figure_2(groups: dict, dataset: str, out: Path, plt) -> list[Path]:
                     ax.plot(*zip(*pts), marker, color=COLOURS[method], markersize=5, mfc="none",
                             label=f"paper {LABELS[method]} ({split})")
         ax.set_xscale("log")
-        low, high = FIG2_YLIM[dataset]
-        ys = [v for line in ax.get_lines() for v in line.get_ydata()]
-        ax.set_ylim(min([low, *ys]) - 5 if ys and min(ys) < low else low, max([high, *ys]) + 5 if ys and max(ys) > high else high)
+        ax.set_ylim(*_axis_range(ax, FIG2_YLIM[dataset]))
         ax.set_title(f"{'MNIST' if dataset == 'mnist' else 'Frey Face'}, $N_z$ = {nz}", fontsize=9)
         ax.set_xlabel("# Training samples evaluated", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
     paths = _save(fig, out, f"fig2_{dataset}")
     plt.close(fig)
     return paths
@@ -184,12 +192,13 @@ def draw_figure_3(groups: dict, out: Path, plt) -> list[Path]:
             pts = [(s / 1e6, v) for s, v in points.items() if v is not None]
             if n == n_train and pts:
                 ax.plot(*zip(*pts), "o" if split == "train" else "x", color=COLOURS[method], mfc="none", markersize=5)
-        ax.set_ylim(*FIG3_YLIM.get(n_train, (-160, -100)))
+        ax.set_ylim(*_axis_range(ax, FIG3_YLIM.get(n_train, (-160, -100))))
         ax.set_title(f"$N_{{train}}$ = {n_train}", fontsize=9)
         ax.set_xlabel("# Training samples evaluated (millions)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("Marginal log-likelihood", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
     paths = _save(fig, out, "fig3")
     plt.close(fig)
     return paths
