@@ -40,19 +40,23 @@ def get_estimator(name: str) -> Estimator:
 
 
 def minibatch_bound(bounds: torch.Tensor, n_train: int) -> torch.Tensor:
-    """L^M(theta, phi; X^M) = (N / M) sum_i L(theta, phi; x^(i)), AEVB eq. (8)."""
-    return bounds.sum() * (n_train / bounds.shape[0])
+    """L^M(theta, phi; X^M) = (N / M) sum_i L(theta, phi; x^(i)), AEVB eq. (8).
+
+    `bounds` is (M,), or (K, M) for a stack of K models: then the sum over the models of each one's
+    eq. (8), M still the minibatch size of one model."""
+    return bounds.sum() * (n_train / bounds.shape[-1])
 
 
-def prior_parameters(named_parameters: Iterable[tuple[str, torch.Tensor]], scope: str) -> list[torch.Tensor]:
+def prior_parameters(named_parameters: Iterable[tuple[str, torch.Tensor]], scope: str, model_axes: int = 0) -> list[torch.Tensor]:
     """The parameters the weight prior p(theta) = N(0, I / precision) covers (PAPER.md §10.4).
 
     `weights`: matrices only, as [K]; `all`: biases and noise vectors too; `none`: no prior (ML).
+    `model_axes`: leading axes that index a stack of models (`VAE.model_axes`), not the parameter's own.
     """
     if scope == "none":
         return []
     if scope == "weights":
-        return [p for _, p in named_parameters if p.ndim >= 2]
+        return [p for _, p in named_parameters if p.ndim - model_axes >= 2]
     if scope == "all":
         return [p for _, p in named_parameters]
     raise ValueError(f"unknown prior scope {scope!r}; choose one of weights, all, none")
