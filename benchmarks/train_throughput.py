@@ -91,19 +91,22 @@ def examples_runner(train_x: torch.Tensor, batch_size: int):
     return step
 
 
-def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int):
+def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int, n_models: int = 1, seed: int = 0):
+    """One step of `vae-train` with `seed=seed`: of one model, or of a stack of `n_models` (trainer.n_models)."""
+    from vae_cli.generators import training_generators
     from vae_cli.models import build_vae
+    from vae_cli.stacked import build_models
 
     data = Dataset("mnist", train_x, train_x[:1000], train_x, (28, 28), "none")
-    model = build_vae(D, J, [H], "bernoulli", 0.01, torch.Generator().manual_seed(0))
+    model, _ = build_models(lambda g: build_vae(D, J, [H], "bernoulli", 0.01, g), seed, n_models)
     method = aevb.build(cfg, model, data.n_train, torch.device("cpu"))
-    progress, data_gen, noise_gen = Progress(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    progress, generators = Progress(), training_generators(seed, n_models, torch.device("cpu"))
     window = torch.zeros((), dtype=torch.float64)
 
     def step() -> None:
         nonlocal window
-        idx = next_minibatch(progress, data, batch_size, data_gen)
-        bounds = method.step(data.minibatch(idx, noise_gen), idx, noise_gen)
+        idx = next_minibatch(progress, data, batch_size, generators["data"])
+        bounds = method.step(data.minibatch(idx, generators["noise"]), idx, generators["noise"])
         window += bounds.sum()  # the loop's running bound, read only every progress_every steps
 
     return step

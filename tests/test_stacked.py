@@ -23,7 +23,7 @@ from vae_cli.eval_run import evaluate as vae_eval
 from vae_cli.generators import GeneratorStack, bernoulli, randn, randperm, training_generators
 from vae_cli.models import build_vae
 from vae_cli.report import _grouped, curve, find_runs, report
-from vae_cli.runs import load_checkpoint
+from vae_cli.runs import config_differences, load_checkpoint
 from vae_cli.stacked import StackedLinear, member_state, stack_models
 
 SEED, K = 5, 3
@@ -101,6 +101,12 @@ def test_n_models_out_of_range_or_with_an_unstackable_method_is_one_line(overrid
     with pytest.raises(UserError, match=needle) as error:
         validate(compose_config(overrides))
     assert "\n" not in str(error.value)
+
+
+def test_a_run_saved_before_n_models_existed_resumes_as_one_model():
+    saved = {"trainer": {"batch_size": 100}, "seed": 0}
+    assert config_differences(saved, {"trainer": {"batch_size": 100, "n_models": 1}, "seed": 0}) == []
+    assert config_differences(saved, {"trainer": {"batch_size": 100, "n_models": 2}, "seed": 0}) == ["trainer.n_models"]
 
 
 RUN = ("dataset.n_train=1000", "trainer.max_samples=2e3", "trainer.eval_first=1e3", "trainer.eval_train_points=300",
