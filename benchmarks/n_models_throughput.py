@@ -18,23 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 import torch
 
-from train_throughput import D, H, J, mnist_or_noise, rate, vae_cli_runner
+from train_throughput import D, H, J, interleaved_medians, mnist_or_noise, parse_timing_args, vae_cli_runner
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser, rounds=8)
     train_x, cfg = mnist_or_noise(50_000)
     M = args.batch_size
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; MNIST model {D}-{H}-{J}, "
@@ -44,11 +38,7 @@ def main() -> None:
         stack = vae_cli_runner(train_x, cfg, M, n_models=k)
         singles = [vae_cli_runner(train_x, cfg, M, seed=s) for s in range(k)]
         runners = {"stack": stack, "separate": lambda: [step() for step in singles]}
-        rates = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, step in runners.items():
-                rates[name].append(rate(step, k * M, args.seconds) / k)  # per model
-        med = {name: statistics.median(r) for name, r in rates.items()}
+        med = {name: value / k for name, value in interleaved_medians(runners, k * M, args.rounds, args.seconds).items()}  # per model
         print(f"{k:>3} {med['stack']:>21,.0f} {med['separate']:>24,.0f} {med['stack'] / med['separate']:>16.2f}x")
 
 

@@ -141,15 +141,30 @@ def rate(step, batch_size: int, min_seconds: float) -> float:
     return n * batch_size / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--rounds", type=int, default=12)
+def interleaved_medians(runners: dict, datapoints: int, rounds: int, seconds: float) -> dict[str, float]:
+    """Median datapoints/s of each runner (each call handles `datapoints`), timed in turn every round."""
+    rates = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, step in runners.items():
+            rates[name].append(rate(step, datapoints, seconds))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def parse_timing_args(parser: argparse.ArgumentParser, rounds: int) -> argparse.Namespace:
+    """The options every training benchmark takes (--rounds, --seconds, --threads), parsed and applied."""
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
+    args = parse_timing_args(parser, rounds=12)
     train_x, cfg = mnist_or_noise(50_000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
@@ -157,11 +172,7 @@ def main() -> None:
         runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "examples": examples_runner(train_x, batch_size)}
         gemm, flops = gemm_runner(batch_size)
         runners["gemm bound"] = gemm
-        rates = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, step in runners.items():
-                rates[name].append(rate(step, batch_size, args.seconds))
-        med = {name: statistics.median(r) for name, r in rates.items()}
+        med = interleaved_medians(runners, batch_size, args.rounds, args.seconds)
         print(f"\nM = {batch_size}  (step GEMMs: {flops / batch_size / 1e6:.2f} MFLOP per datapoint, "
               f"{med['gemm bound'] * flops / batch_size / 1e9:.0f} GFLOP/s in the bound)")
         for name, value in med.items():

@@ -282,10 +282,12 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
                 refresh()
                 rows = evaluation_rows(cfg, method, data, progress, members)
                 now = time.perf_counter()
+                timing = {"wall_seconds": round(wall(), 3),  # a stack's: samples per second of each of its models
+                          "samples_per_second": round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1)}
                 for row in rows:
                     if guard.skip:
                         row["skipped_steps"] = progress.skipped
-                    row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
+                    row.update(timing)
                     curves = curve_values(row)
                     if not math.isfinite(sum(curves.values())):
                         raise _diverged("the evaluated bound or log-likelihood", progress.step, progress.samples, cfg, run_dir)
