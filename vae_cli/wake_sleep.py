@@ -51,14 +51,14 @@ class WakeSleep:
         self.wake_optimizer.step()
         return (log_joint - log_q).detach()
 
-    def sleep(self, batch_shape: tuple[int, ...], generator: Generator) -> torch.Tensor:
+    def sleep(self, batch_size: int, generator: Generator) -> torch.Tensor:
         """One gradient step on phi for log q_phi(z|x) on fantasies (z, x) ~ p(z) p_theta(x|z).
 
-        `batch_shape` is (M,), or (K, M) for a stack of K models. Returns log q(z|x) of each fantasy
-        (before the step)."""
+        Returns log q(z|x) of each fantasy (before the step); M of them for each model of a stack."""
         like = next(self.model.decoder.parameters())  # device and dtype of the fantasies
+        models = (self.model.n_models,) if self.model.model_axes else ()  # a stack's model axis
         with torch.no_grad():
-            z = generators.randn((*batch_shape, self.model.latent_dim), generator, 0, like.device, like.dtype)
+            z = generators.randn((*models, batch_size, self.model.latent_dim), generator, 0, like.device, like.dtype)
             x = self.model.decoder(z).sample(generator)  # (M, D), or (K, M, D)
         log_q = self.model.encoder(x).log_prob(z)  # (M,)
         objective = map_objective(log_q, log_parameter_prior(self.encoder_prior, self.prior_precision), self.n_train)
@@ -69,7 +69,7 @@ class WakeSleep:
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         bounds = self.wake(x, generator)
-        self.sleep(tuple(x.shape[:-1]), generator)  # the sleep phase sees theta after the wake update
+        self.sleep(x.shape[-2], generator)  # the sleep phase sees theta after the wake update
         return bounds
 
     def state_dict(self) -> dict:
