@@ -99,19 +99,22 @@ def examples_runner(train_x: torch.Tensor, batch_size: int):
     return step
 
 
-def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int):
+def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int, n_models: int = 1, seed: int = 0):
+    """One step of `vae-train` with `seed=seed`: of one model, or of a stack of `n_models` (trainer.n_models)."""
+    from vae_cli.generators import training_generators
     from vae_cli.models import build_vae
+    from vae_cli.stacked import build_models
 
     data = Dataset("mnist", train_x, train_x[:1000], train_x, (28, 28), "none")
-    model = build_vae(D, J, [H], "bernoulli", 0.01, torch.Generator().manual_seed(0))
+    model, _ = build_models(lambda g: build_vae(D, J, [H], "bernoulli", 0.01, g), seed, n_models)
     method = aevb.build(cfg, model, data.n_train, torch.device("cpu"))
-    progress, data_gen, noise_gen = Progress(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    progress, generators = Progress(), training_generators(seed, n_models, torch.device("cpu"))
     window = torch.zeros((), dtype=torch.float64)
 
     def step() -> None:
         nonlocal window
-        idx = next_minibatch(progress, data, batch_size, data_gen)
-        bounds = method.step(data.minibatch(idx, noise_gen), idx, noise_gen)
+        idx = next_minibatch(progress, data, batch_size, generators["data"])
+        bounds = method.step(data.minibatch(idx, generators["noise"]), idx, generators["noise"])
         window += bounds.sum()  # the loop's running bound, read only every progress_every steps
 
     return step
@@ -155,16 +158,31 @@ def training_run_peak_rss_mib(threads: int | None) -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--rounds", type=int, default=12)
+def interleaved_medians(runners: dict, datapoints: int, rounds: int, seconds: float) -> dict[str, float]:
+    """Median datapoints/s of each runner (each call handles `datapoints`), timed in turn every round."""
+    rates = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, step in runners.items():
+            rates[name].append(rate(step, datapoints, seconds))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def parse_timing_args(parser: argparse.ArgumentParser, rounds: int) -> argparse.Namespace:
+    """The options every training benchmark takes (--rounds, --seconds, --threads), parsed and applied."""
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of vae-train")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of vae-train")
+    args = parse_timing_args(parser, rounds=12)
     train_x, cfg = mnist_or_noise(50_000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
@@ -172,11 +190,7 @@ def main() -> None:
         runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "examples": examples_runner(train_x, batch_size)}
         gemm, flops = gemm_runner(batch_size)
         runners["gemm bound"] = gemm
-        rates = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, step in runners.items():
-                rates[name].append(rate(step, batch_size, args.seconds))
-        med = {name: statistics.median(r) for name, r in rates.items()}
+        med = interleaved_medians(runners, batch_size, args.rounds, args.seconds)
         print(f"\nM = {batch_size}  (step GEMMs: {flops / batch_size / 1e6:.2f} MFLOP per datapoint, "
               f"{med['gemm bound'] * flops / batch_size / 1e9:.0f} GFLOP/s in the bound)")
         for name, value in med.items():

@@ -26,7 +26,7 @@ def without_wall_clock(rows):
 
 def straight_and_resumed(tmp_path, *overrides, data_root) -> tuple[dict, dict]:
     """6000 samples in one run, and 3000 then resumed to 6000: check that the models and the metrics
-    agree exactly; return both final checkpoints for further checks."""
+    (of every model of a stack) agree exactly; return both final checkpoints for further checks."""
     run_training(tmp_path, "straight", "trainer.max_samples=6e3", *overrides, data_root=data_root)
     run_training(tmp_path, "split", "trainer.max_samples=3e3", *overrides, data_root=data_root)
     run_training(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *overrides, data_root=data_root)
@@ -35,9 +35,9 @@ def straight_and_resumed(tmp_path, *overrides, data_root) -> tuple[dict, dict]:
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["progress"]["samples"] == b["progress"]["samples"] == 6000
-    straight = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "straight"))}
-    split = {r["samples"]: r for r in without_wall_clock(read_metrics(tmp_path / "split"))}
-    assert all(split[s] == row for s, row in straight.items())  # split adds one row, at 3000
+    straight = {(r["samples"], r.get("model")): r for r in without_wall_clock(read_metrics(tmp_path / "straight"))}
+    split = {(r["samples"], r.get("model")): r for r in without_wall_clock(read_metrics(tmp_path / "split"))}
+    assert all(split[key] == row for key, row in straight.items())  # split adds the rows at 3000
     return a, b
 
 

@@ -96,3 +96,18 @@ def test_map_objective_adds_the_weight_prior_over_the_whole_data_set():
     objective.backward()
     W = model.decoder.net.out.weight
     torch.testing.assert_close(W.grad, -precision * W.detach() / n_train)
+
+
+def test_the_weight_prior_gradient_is_autograds_of_the_sum_of_squares_bit_for_bit():
+    """SquaredNorm saves passes over the weights without changing a bit of any run's numbers."""
+    g = torch.Generator().manual_seed(5)
+    for p in (torch.randn(3, 500, 784, generator=g) * 0.01, torch.randn(7, generator=g) * 1e-36):  # subnormal g p too
+        ours, theirs = p.clone().requires_grad_(), p.clone().requires_grad_()
+        (log_parameter_prior([ours], 0.7) / 50000).backward()
+        (-0.5 * 0.7 * torch.stack([(theirs * theirs).sum()]).sum() / 50000).backward()
+        assert torch.equal(ours.grad, theirs.grad)
+
+
+def test_a_stack_of_models_sums_eq_8_per_model_with_m_per_model():
+    bounds = torch.tensor([[-1.0, -3.0], [-10.0, -20.0], [0.0, -2.0]])  # (K, M) = (3, 2)
+    assert minibatch_bound(bounds, n_train=100).item() == 50 * (-4.0 - 30.0 - 2.0)

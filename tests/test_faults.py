@@ -222,14 +222,14 @@ def straight_run(tmp_path_factory, shared_data):
 
 
 def test_a_kill_between_the_metrics_write_and_the_checkpoint_write_resumes_exactly(tmp_path, shared_data, straight_run, monkeypatch):
-    append = MetricsLog.append
+    extend = MetricsLog.extend  # how the loop writes an evaluation's rows
 
-    def append_then_die(self, row):
-        append(self, row)
-        if row["samples"] == 3000:  # the row is on disk, the checkpoint at 3000 is not
+    def extend_then_die(self, rows):
+        extend(self, rows)
+        if rows[-1]["samples"] == 3000:  # the row is on disk, the checkpoint at 3000 is not
             raise SimulatedKill
 
-    monkeypatch.setattr(MetricsLog, "append", append_then_die)
+    monkeypatch.setattr(MetricsLog, "extend", extend_then_die)
     with pytest.raises(SimulatedKill):
         _train(tmp_path, "run", "trainer.max_samples=4e3", data_root=shared_data)
     run = tmp_path / "run"
@@ -238,7 +238,7 @@ def test_a_kill_between_the_metrics_write_and_the_checkpoint_write_resumes_exact
     assert load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] == 2000
     rows[-1]["train_bound"] = 0.0  # mark the row past the checkpoint: it must be dropped, not kept
     (run / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(MetricsLog, "append", append)
+    monkeypatch.setattr(MetricsLog, "extend", extend)
     _train(tmp_path, "run", "trainer.max_samples=4e3", "trainer.resume=true", data_root=shared_data)
     assert_same_run(run, straight_run)  # the row at 3000 was dropped and recomputed, identically
 

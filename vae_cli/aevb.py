@@ -35,7 +35,7 @@ class AEVB:
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         bounds = self.estimator(self.model, x, self.n_samples, generator)  # (M,), eq. (6) or (7)
         log_prior = log_parameter_prior(self.prior_params, self.prior_precision)
-        objective = map_objective(bounds, log_prior, self.n_train)  # eq. (8) + log p(theta), per datapoint
+        objective = map_objective(bounds, log_prior, self.n_train)  # eq. (8) + log p(theta), per datapoint (a stack: summed over models)
         self.optimizer.zero_grad(set_to_none=True)
         (-objective).backward()  # gradient ascent on the bound (Algorithm 1)
         self.optimizer.step()
@@ -56,6 +56,6 @@ def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
         estimator=get_estimator(cfg.estimator.name),
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,
-        prior_params=prior_parameters(model.named_parameters(), cfg.prior.scope),
+        prior_params=prior_parameters(model.named_parameters(), cfg.prior.scope, model.model_axes),
         prior_precision=cfg.prior.precision,
     )

@@ -60,6 +60,7 @@ class MethodConfig:
 
 
 MCEM_FIELDS = ("n_leapfrog", "n_weight_updates", "target_accept", "init_step_size", "jitter")
+STACKED_METHODS = ("aevb", "wake_sleep")  # the methods trainer.n_models > 1 can stack (stacked.py)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class TrainerConfig:
     figures: bool = True  # reconstructions and prior samples as PNG at the end
     track_loglik: bool = False  # log an App. D estimate of log p(x) at each evaluation (Fig. 3); always on for mcem
     loglik_points: int = 1000  # first training and test points of that estimate (AEVB App. E: 1000)
+    n_models: int = 1  # K models of seeds s..s+K-1 trained as one stack (stacked.py); aevb and wake_sleep
 
 
 @dataclass
@@ -163,6 +165,7 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default
     theta_draws: int = 0  # full-VB runs: 0 evaluates at theta = q(theta)'s mean; K averages over K draws theta ~ q
+    member: int = 0  # stack runs (trainer.n_models=K): which model, 0..K-1 (trained as seed s + member)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
 
 
@@ -197,7 +200,7 @@ POSITIVE = (
     "trainer.batch_size", "trainer.max_samples", "trainer.eval_per_decade", "trainer.eval_first",
     "trainer.eval_every", "trainer.eval_n_samples", "trainer.eval_batch_size",
     "trainer.checkpoint_every", "trainer.progress_every", "dataset.n_train", "dataset.train_frames",
-    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads", "trainer.loglik_points",
+    "trainer.eval_train_points", "trainer.eval_test_points", "trainer.threads", "trainer.loglik_points", "trainer.n_models",
     "method.n_leapfrog", "method.n_weight_updates", "method.init_step_size",
 )
 NON_NEGATIVE = ("prior.precision", "optimizer.momentum", "posterior.eval_draws")
@@ -250,6 +253,9 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train
     if cfg.method.name == "full_vb" and cfg.prior.precision == 0:
         raise UserError("method=full_vb needs a proper hyperprior p_alpha(theta) for KL(q(theta) || p(theta)); set prior.precision= above 0 (paper: 1)")
     _validate_method(cfg.method)
+    if cfg.trainer.n_models > 1 and cfg.method.name not in STACKED_METHODS:
+        raise UserError(f"trainer.n_models={cfg.trainer.n_models} stacks {' and '.join(STACKED_METHODS)} runs only; for method={cfg.method.name} "
+                        f"run the seeds as separate jobs: trainer.n_models=1 seed={','.join(str(cfg.seed + k) for k in range(cfg.trainer.n_models))} --multirun")
     if cfg.dataset.name == "frey" and cfg.dataset.test_split != "test":
         raise UserError("Frey Face has one held-out split; leave dataset.test_split=test and move dataset.train_frames instead")
 
@@ -294,6 +300,8 @@ def validate_eval(cfg: DictConfig) -> None:
     check_ranges(cfg, {**EVAL_CHOICES, **present}, EVAL_POSITIVE)
     if cfg.theta_draws < 0:
         raise UserError(f"theta_draws={cfg.theta_draws} must be >= 0 (0: theta at q(theta)'s mean)")
+    if cfg.member < 0:
+        raise UserError(f"member={cfg.member} must be >= 0: model k = 0..K-1 of a run trained with trainer.n_models=K")
     if cfg.likelihood.name == "appendix_d" and cfg.likelihood.n_samples < 2:
         raise UserError("likelihood.n_samples must be at least 2 to fit q(z) (AEVB App. D); e.g. likelihood.n_samples=50")
     for key in ("likelihood.target_accept",):

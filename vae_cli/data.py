@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import generators
 from .errors import UserError
+from .generators import Generator
 
 MNIST_PICKLE = "mnist.pkl.gz"
 MNIST_IDX = {
@@ -241,11 +243,12 @@ class Dataset:
     def data_dim(self) -> int:
         return self.train.shape[1]
 
-    def minibatch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """X^M for the indices `idx`; with dynamic binarization a fresh Bernoulli draw each time."""
-        x = self.train.index_select(0, idx)
+    def minibatch(self, idx: torch.Tensor, generator: Generator) -> torch.Tensor:
+        """X^M for the indices `idx`, (M,) -> (M, D), or (K, M) -> (K, M, D) for a stack of K models;
+        with dynamic binarization a fresh Bernoulli draw each time (a stack's from each model's generator)."""
+        x = self.train.index_select(0, idx.flatten()).unflatten(0, idx.shape)
         if self.binarize == "dynamic":
-            x = torch.bernoulli(x, generator=generator)
+            x = generators.bernoulli(x, generator)
         return x
 
 

@@ -3,7 +3,9 @@
 AEVB eq. (9) (diagonal Gaussian encoder), App. B (its KL to the standard-normal prior), App. C
 eqs. (11)-(12) (Bernoulli and Gaussian MLP likelihoods). Every `log_prob` sums over the last axis
 (the data or latent dimension) and keeps every leading axis, so `(L, M, D) -> (L, M)`.
-`torch.distributions` is used only as an oracle in the tests.
+`torch.distributions` is used only as an oracle in the tests. The parameters of a stack of K models
+(`stacked.py`) carry the model axis first, `(K, M, D)`; draws from a `generators.GeneratorStack`
+take each model's slice from that model's own generator.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import generators
+from .generators import Generator
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -33,20 +38,16 @@ class DiagonalGaussian:
         sq = (x - self.mean) ** 2 * torch.exp(-self.log_var)
         return -0.5 * (sq + self.log_var + LOG_2PI).sum(-1)
 
-    def rsample(self, n_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    def rsample(self, n_samples: int, generator: Generator | None) -> torch.Tensor:
         """z = mean + sigma * eps, eps ~ N(0, I): the reparameterization g_phi(eps, x) (AEVB §2.4).
 
         Returns `(n_samples, *mean.shape)`; gradients flow to `mean` and `log_var`.
         """
-        eps = torch.randn(
-            (n_samples, *self.mean.shape),
-            generator=generator,
-            device=self.mean.device,
-            dtype=self.mean.dtype,
-        )
+        shape = (n_samples, *self.mean.shape)  # a stack's model axis is 1 here
+        eps = generators.randn(shape, generator, 1, self.mean.device, self.mean.dtype)
         return self.mean + self.std * eps
 
-    def sample(self, generator: torch.Generator | None) -> torch.Tensor:
+    def sample(self, generator: Generator | None) -> torch.Tensor:
         """One draw with the shape of `mean`, no gradient."""
         with torch.no_grad():
             return self.rsample(1, generator)[0]
@@ -78,10 +79,10 @@ class Bernoulli:
         logits, x = torch.broadcast_tensors(self.logits, x)
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
-    def sample(self, generator: torch.Generator | None) -> torch.Tensor:
+    def sample(self, generator: Generator | None) -> torch.Tensor:
         """Binary draws x ~ Bernoulli(y), no gradient."""
         with torch.no_grad():
-            return torch.bernoulli(self.mean, generator=generator)
+            return generators.bernoulli(self.mean, generator)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

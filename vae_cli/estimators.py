@@ -40,29 +40,50 @@ def get_estimator(name: str) -> Estimator:
 
 
 def minibatch_bound(bounds: torch.Tensor, n_train: int) -> torch.Tensor:
-    """L^M(theta, phi; X^M) = (N / M) sum_i L(theta, phi; x^(i)), AEVB eq. (8)."""
-    return bounds.sum() * (n_train / bounds.shape[0])
+    """L^M(theta, phi; X^M) = (N / M) sum_i L(theta, phi; x^(i)), AEVB eq. (8).
+
+    `bounds` is (M,), or (K, M) for a stack of K models: then the sum over the models of each one's
+    eq. (8), M still the minibatch size of one model."""
+    return bounds.sum() * (n_train / bounds.shape[-1])
 
 
-def prior_parameters(named_parameters: Iterable[tuple[str, torch.Tensor]], scope: str) -> list[torch.Tensor]:
+def prior_parameters(named_parameters: Iterable[tuple[str, torch.Tensor]], scope: str, model_axes: int = 0) -> list[torch.Tensor]:
     """The parameters the weight prior p(theta) = N(0, I / precision) covers (PAPER.md §10.4).
 
     `weights`: matrices only, as [K]; `all`: biases and noise vectors too; `none`: no prior (ML).
+    `model_axes`: leading axes that index a stack of models (`VAE.model_axes`), not the parameter's own.
     """
     if scope == "none":
         return []
     if scope == "weights":
-        return [p for _, p in named_parameters if p.ndim >= 2]
+        return [p for _, p in named_parameters if p.ndim - model_axes >= 2]
     if scope == "all":
         return [p for _, p in named_parameters]
     raise ValueError(f"unknown prior scope {scope!r}; choose one of weights, all, none")
+
+
+class SquaredNorm(torch.autograd.Function):
+    """||p||^2 = sum_i p_i^2 in one pass over p, and its gradient g p + g p in two: bit for bit what
+    autograd gives for (p * p).sum(), without its three passes and two temporaries of p's size
+    (the weight prior touches every weight each step; in a stack of K models, K x the memory)."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(p)
+        return torch.dot(p.reshape(-1), p.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (p,) = ctx.saved_tensors
+        g_p = p * grad
+        return g_p.add_(g_p)
 
 
 def log_parameter_prior(params: list[torch.Tensor], precision: float) -> torch.Tensor:
     """log p(theta) = -precision/2 ||theta||^2 + const for theta ~ N(0, I / precision) (AEVB §5)."""
     if not params or precision == 0.0:
         return torch.zeros(())
-    return -0.5 * precision * torch.stack([(p * p).sum() for p in params]).sum()
+    return -0.5 * precision * torch.stack([SquaredNorm.apply(p) for p in params]).sum()
 
 
 def map_objective(bounds: torch.Tensor, log_prior_theta: torch.Tensor, n_train: int) -> torch.Tensor:

@@ -6,7 +6,9 @@ one split of the run's data set, runs one estimator of `marginal_likelihood.ESTI
 batches, prints a table row and writes, under a name no earlier result has, into `<run_dir>/eval/`:
 `<name>.json` (the summary), `<name>.npy` (the per-datapoint estimates, nats) and `<name>.npz` (the
 per-datapoint Monte Carlo standard errors and diagnostics, and the exact log p(x) of a
-linear-Gaussian run). Every check happens before anything is written.
+linear-Gaussian run). Every check happens before anything is written. A run of a stack of K models
+(`trainer.n_models=K`) is evaluated one model at a time: `member=k` picks model k (default 0), the
+one trained as `seed=s+k`; its results are named `<name>-member<k>` and say which model they are of.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .errors import UserError
 from .marginal_likelihood import ESTIMATORS, Estimate, concat
 from .models import build_vae
 from .runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
+from .stacked import member_state
 from .train import select_device
 
 EVAL_DIR = "eval"
@@ -67,13 +70,29 @@ def load_split(saved_dataset: dict, cfg, device: torch.device) -> torch.Tensor:
     return x[: cfg.n_points]
 
 
-def rebuild_model(state: dict, data_dim: int, device: torch.device):
-    """The run's VAE from its saved `model` config and weights, frozen for evaluation."""
+def n_models(config: dict) -> int:
+    """How many models a run trained side by side (`trainer.n_models`; 1 for runs from before it)."""
+    return (config.get("trainer") or {}).get("n_models", 1)
+
+
+def member_weights(state: dict, member: int) -> dict:
+    """The weights of model `member` of the checkpoint: the whole `model` of a one-model run."""
+    k = n_models(state["config"])
+    if k == 1 and member:
+        raise UserError(f"member={member} picks a model of a run trained with trainer.n_models>1; this run holds one model: leave member=0")
+    if not 0 <= member < k:
+        raise UserError(f"member={member} is not a model of this run's stack of {k} (trainer.n_models={k}); choose member= from 0 to {k - 1}")
+    return state["model"] if k == 1 else member_state(state["model"], member)
+
+
+def rebuild_model(state: dict, data_dim: int, device: torch.device, member: int = 0):
+    """The run's VAE (model `member` of a stack) from its saved `model` config and weights, frozen for evaluation."""
     m = state["config"]["model"]
+    weights = member_weights(state, member)
     try:
         model = build_vae(data_dim, m["latent_dim"], list(m["hidden"]), m["decoder"], m["init_std"],
                           torch.Generator(), m.get("decoder_min_log_var"))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"the checkpoint's weights do not fit its saved model config ({str(e).splitlines()[0][:120]}); evaluate a run written by this vae-cli") from None
     return model.to(device).eval().requires_grad_(False)
@@ -188,6 +207,9 @@ def print_table(s: dict) -> None:
     if "theta" in s:
         header += f" {'theta':>10}"
         line += f" {s['theta']:>10}"
+    if "member" in s:
+        header += f" {'member':>6} {'of seed':>7}"
+        line += f" {s['member']:>6} {s['member_seed']:>7}"
     print(f"{header}\n{line}")
 
 
@@ -199,8 +221,9 @@ def evaluate(cfg) -> dict:
     device = select_device(cfg.device)
     run_dir = Path(cfg.run_dir).expanduser()
     state = read_run(run_dir, device)
+    member_weights(state, cfg.member)  # a wrong member= fails before the data is read
     x = load_split(state["config"]["dataset"], cfg, device)
-    model = rebuild_model(state, x.shape[1], device)
+    model = rebuild_model(state, x.shape[1], device, cfg.member)
     likelihood = OmegaConf.to_object(cfg.likelihood)
     if state["config"].get("method", {}).get("name") == "mcem" and likelihood.name in ("elbo", "iwae"):
         raise UserError(f"{run_dir} was trained by MCEM, which learns no q(z|x) for likelihood={likelihood.name} to sample from; "
@@ -214,13 +237,15 @@ def evaluate(cfg) -> dict:
     exact_fn = getattr(model.decoder, "exact_log_marginal", None)
     exact = exact_fn(x.double()).detach() if exact_fn is not None else None
     settings = {k: v for k, v in asdict(likelihood).items() if k != "name"}
-    summary = {"estimator": likelihood.name, "split": cfg.split, **({"theta": theta} if theta else {}),
+    stack = n_models(state["config"]) > 1
+    of_member = {"member": cfg.member, "n_models": n_models(state["config"]), "member_seed": state["config"]["seed"] + cfg.member} if stack else {}
+    summary = {"estimator": likelihood.name, "split": cfg.split, **({"theta": theta} if theta else {}), **of_member,
                **summarise(result, exact, seconds),
                "settings": settings, "run_dir": str(run_dir), "samples": state.get("progress", {}).get("samples"),
                "dataset": state["config"]["dataset"]["name"], "latent_dim": model.latent_dim, "seed": cfg.seed,
                "device": str(device), "torch": torch.__version__,
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    paths = write_result(run_dir, f"{likelihood.name}-{cfg.split}", summary, result, exact)
+    paths = write_result(run_dir, f"{likelihood.name}-{cfg.split}" + (f"-member{cfg.member}" if stack else ""), summary, result, exact)
     print_table(summary)
     print(f"results:  {paths['.json']} (+ .npy estimates, .npz per-point details)")
     return {**summary, "paths": paths}

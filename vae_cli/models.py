@@ -86,7 +86,8 @@ class LinearGaussianDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> DiagonalGaussian:
         mean = self.linear(z)
-        return DiagonalGaussian(mean, self.log_var.expand_as(mean))
+        log_var = self.log_var if self.log_var.ndim == 1 else self.log_var.unsqueeze(-2)  # (D,), or (K, 1, D) in a stack
+        return DiagonalGaussian(mean, log_var.expand_as(mean))
 
     def exact_log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) = log N(x; b, W W^T + diag(sigma^2)) for z ~ N(0, I), one value per row of x."""
@@ -101,6 +102,9 @@ class LinearGaussianDecoder(nn.Module):
 
 class VAE(nn.Module):
     """The generative model p(z) p_theta(x|z) with its recognition model q_phi(z|x) (AEVB Fig. 1)."""
+
+    model_axes = 0  # leading axes of every parameter that index models; 1 in a stack (stacked.py)
+    n_models = 1  # models side by side; K in a stack
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, data_dim: int):
         super().__init__()

@@ -1,7 +1,8 @@
 """`vae-report DIR`: the paper's figures and a table from the runs of a sweep folder.
 
 Every folder under DIR that holds a `config.yaml` is a run; its saved config says what it is
-(data set, N_z, method, N_train, stepsize, seed) and its `metrics.jsonl` what it measured. Drawn
+(data set, N_z, method, N_train, stepsize, seed) and its `metrics.jsonl` what it measured; a run of
+a stack of K models (`trainer.n_models=K`) counts as K runs, the seeds s..s+K-1 of its rows. Drawn
 beside the paper's own numbers (PAPER.md §7, `paper_values.py`):
 - Figure 2: lower bound against training samples (log axis), one panel per N_z, AEVB and
   wake-sleep, train and test; runs of several seeds as their mean with a band from min to max;
@@ -39,6 +40,11 @@ class Run:
     config: dict = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
     problem: str = ""  # why the run cannot be drawn; empty when it can
+    member: int | None = None  # model k of a stack run (its metrics rows with "model": k); None: a one-model run
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.member is None else f"{self.path} (model {self.member})"
 
     @property
     def finished(self) -> bool:
@@ -81,10 +87,19 @@ def load_run(path: Path) -> Run:
     return run
 
 
+def members(run: Run) -> list[Run]:
+    """A stack run (trainer.n_models=K) as its K models, each a run of seed s + k; others as they are."""
+    k = 1 if run.problem else (run.config.get("trainer") or {}).get("n_models", 1)
+    if k == 1:
+        return [run]
+    return [Run(run.path, {**run.config, "seed": run.config.get("seed", 0) + m}, [r for r in run.metrics if r.get("model") == m], member=m)
+            for m in range(k)]
+
+
 def find_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; give vae-report a sweep folder such as multirun/<date>/<time>")
-    runs = [load_run(p.parent) for p in sorted(root.rglob(CONFIG_FILE)) if "report" not in p.relative_to(root).parts]
+    runs = [member for p in sorted(root.rglob(CONFIG_FILE)) if "report" not in p.relative_to(root).parts for member in members(load_run(p.parent))]
     if not runs:
         raise UserError(f"{root} holds no vae-train runs (no config.yaml below it); give vae-report a folder written by vae-train --multirun")
     return runs
@@ -213,7 +228,7 @@ def _checkpoint_model(run: Run):
 
     shape = IMAGE_SHAPES[run.config["dataset"]["name"]]
     try:
-        return rebuild_model(read_run(run.path, torch.device("cpu")), shape[0] * shape[1], torch.device("cpu"))
+        return rebuild_model(read_run(run.path, torch.device("cpu")), shape[0] * shape[1], torch.device("cpu"), run.member or 0)
     except UserError as e:
         run.problem = f"no usable checkpoint for the image figures ({str(e)[:80]})"
         return None
@@ -361,11 +376,11 @@ def report(root: Path) -> dict:
     problems = [r for r in runs if r.problem]
     if unfinished or problems:
         lines += ["## Missing", ""]
-        lines += [f"- {r.path}: unfinished, {r.metrics[-1]['samples']:.3g} of {float(r.config['trainer']['max_samples']):.3g} samples" for r in unfinished]
-        lines += [f"- {r.path}: {r.problem}" for r in problems]
+        lines += [f"- {r.label}: unfinished, {r.metrics[-1]['samples']:.3g} of {float(r.config['trainer']['max_samples']):.3g} samples" for r in unfinished]
+        lines += [f"- {r.label}: {r.problem}" for r in problems]
         lines.append("")
     lines += ["## Figures", "", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"report": str(out / "report.md"), "figures": [str(p) for p in figures], "runs": len(runs),
-            "drawn": len(good), "unfinished": [str(r.path) for r in unfinished], "broken": [str(r.path) for r in problems]}
+            "drawn": len(good), "unfinished": [r.label for r in unfinished], "broken": [r.label for r in problems]}
 

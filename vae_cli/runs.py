@@ -36,6 +36,8 @@ RESUMABLE_CHANGES = {
     "trainer.threads", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
     "dataset.download", "device", "logger.name", "trainer.on_nan", "trainer.on_existing",
 }
+# Keys added after runs were written: a saved config without one ran with this value.
+ADDED_KEYS = {"trainer.n_models": 1}
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write_bytes writes before its rename
 
 
@@ -98,7 +100,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def config_differences(saved: dict, requested: dict) -> list[str]:
     """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
-    a, b = flatten(saved), flatten(requested)
+    a, b = {**ADDED_KEYS, **flatten(saved)}, {**ADDED_KEYS, **flatten(requested)}
     return sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
 
@@ -182,7 +184,11 @@ class MetricsLog:
             self.rows = [r for r in read_metrics(self.path.parent) if r["samples"] <= samples]
 
     def append(self, row: dict) -> None:
-        self.rows.append(row)
+        self.extend([row])
+
+    def extend(self, rows: list[dict]) -> None:
+        """Append `rows` in one atomic write (a stack's K rows of one evaluation are never split)."""
+        self.rows.extend(rows)
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 

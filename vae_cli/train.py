@@ -5,7 +5,9 @@ method (AEVB, wake-sleep, MCEM or full VB) update the parameters on it, count M 
 samples evaluated" (Figs. 2-3's x-axis); at log-spaced (or evenly spaced) sample counts evaluate the
 lower bound (methods with a q(z|x)) and, with `trainer.track_loglik` or for MCEM, the App. D estimate
 of log p(x) on train and test data, and append a row to metrics.jsonl; every
-`trainer.checkpoint_every` samples save everything needed to continue exactly.
+`trainer.checkpoint_every` samples save everything needed to continue exactly. With
+`trainer.n_models=K` the loop trains a stack of K models at once (`stacked.py`), model k exactly as a
+separate run with `seed=s+k`, and writes K rows per evaluation, with their `model` and `seed`.
 `train(cfg, run_dir) -> dict` is the whole job; the console script wraps it.
 
 Around that: a run resumed from its checkpoint continues exactly (`trainer.resume=true`); SIGINT and
@@ -26,12 +28,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import aevb, full_vb, mcem, wake_sleep
+from . import aevb, full_vb, mcem, stacked, wake_sleep
 from .config import to_container, validate
 from .data import Dataset, load_dataset
 from .errors import RunStopped, UserError
 from .evaluate import evaluate_bound, evaluate_loglik, evaluation_generator
 from .figures import save_run_figures
+from .generators import Generator, randperm, training_generators
 from .models import build_vae
 from .optimizers import NonFiniteGuard
 from .runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences, flatten, holds_run, load_checkpoint,
@@ -75,21 +78,22 @@ def evaluation_points(trainer, batch_size: int, max_samples: int) -> list[int]:
     return sorted({0, *(s for s in on_steps if s < max_samples), max_samples})
 
 
-def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+def next_minibatch(progress: Progress, data: Dataset, batch_size: int, generator: Generator) -> torch.Tensor:
     """Indices of X^M: consecutive slices of a seeded permutation, a new one each epoch (PAPER.md §10.8).
 
-    The last partial batch of an epoch is dropped, so every step has exactly M datapoints.
+    The last partial batch of an epoch is dropped, so every step has exactly M datapoints. A stack of
+    K models (a `GeneratorStack`) has K permutations, (K, N), and gets (K, M) indices.
     """
     if progress.permutation is None or progress.position + batch_size > data.n_train:
-        progress.permutation = torch.randperm(data.n_train, generator=generator).to(data.train.device)
+        progress.permutation = randperm(data.n_train, generator).to(data.train.device)
         progress.position = 0
         progress.epoch += 1
-    idx = progress.permutation[progress.position : progress.position + batch_size]
+    idx = progress.permutation[..., progress.position : progress.position + batch_size]
     progress.position += batch_size
     return idx
 
 
-def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
+def evaluate(cfg, method, data: Dataset, samples: int, model=None, seed: int | None = None) -> dict:
     """The evaluation fields of one metrics row (same function for both sets, every method).
 
     Every row holds the same keys: the lower bound (null for a method without q(z|x), i.e. MCEM) and
@@ -97,13 +101,15 @@ def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
     `trainer.track_loglik` or the method has no q(z|x)). The bound is `evaluate_bound` of
     `method.model`, unless the method evaluates it itself and says how in extra fields of the row
     (full VB: theta at q(theta)'s mean or averaged over draws). Deterministic given seed and `samples`.
+    `model` and `seed` (default `method.model`, `cfg.seed`) evaluate model k of a stack as its own run.
     """
     t = cfg.trainer
-    generator = evaluation_generator(data.test.device, cfg.seed, samples)
+    model = method.model if model is None else model
+    generator = evaluation_generator(data.test.device, cfg.seed if seed is None else seed, samples)
     row = dict.fromkeys(BOUND_FIELDS + LOGLIK_FIELDS)
     splits = (("train", data.train_eval, t.eval_train_points), ("test", data.test, t.eval_test_points))
     if method.has_encoder:
-        bound_of = getattr(method, "evaluate_bound", functools.partial(evaluate_bound, method.model))
+        bound_of = getattr(method, "evaluate_bound", functools.partial(evaluate_bound, model))
         row.update(estimator=t.eval_estimator, n_samples=t.eval_n_samples)
         row.update(method.evaluation_fields() if hasattr(method, "evaluation_fields") else {})
         for split, x, n_points in splits:
@@ -112,9 +118,19 @@ def evaluate(cfg, method, data: Dataset, samples: int) -> dict:
     if t.track_loglik or not method.has_encoder:
         row.update(loglik_estimator="appendix_d")
         for split, x, _ in splits:
-            loglik = evaluate_loglik(method.model, x[: t.loglik_points], t.eval_batch_size, generator)
+            loglik = evaluate_loglik(model, x[: t.loglik_points], t.eval_batch_size, generator)
             row.update({f"{split}_loglik": loglik.mean, f"{split}_loglik_se": loglik.std_err, "loglik_points": loglik.n_points})
     return row
+
+
+def evaluation_rows(cfg, method, data: Dataset, progress: Progress, members) -> list[dict]:
+    """The metrics rows of one evaluation: one for a single model; for a stack one per model k, with
+    its `model` index and `seed` s + k, each evaluated as that model's separate run evaluates it."""
+    head = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train, "method": cfg.method.name}
+    if members is None:
+        return [{**head, **evaluate(cfg, method, data, progress.samples)}]
+    return [{**head, "model": k, "seed": cfg.seed + k, **evaluate(cfg, method, data, progress.samples, member, cfg.seed + k)}
+            for k, member in enumerate(stacked.load_members(method.model, members))]
 
 
 def curve_values(row: dict) -> dict:
@@ -208,12 +224,12 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     data = load_dataset(cfg.dataset, device)
     if t.batch_size > data.n_train:
         raise UserError(f"trainer.batch_size={t.batch_size} exceeds the {data.n_train} training points; use a smaller batch")
-    init_generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_vae(data.data_dim, cfg.model.latent_dim, list(cfg.model.hidden), cfg.model.decoder,
-                      cfg.model.init_std, init_generator, cfg.model.decoder_min_log_var).to(device)
+    model, members = stacked.build_models(  # members: the K plain models of a stack (trainer.n_models), else None
+        lambda init_generator: build_vae(data.data_dim, cfg.model.latent_dim, list(cfg.model.hidden), cfg.model.decoder,
+                                         cfg.model.init_std, init_generator, cfg.model.decoder_min_log_var).to(device),
+        cfg.seed, t.n_models)
     method = METHODS[cfg.method.name](cfg, model, data.n_train, device)
-    generators = {"data": torch.Generator().manual_seed(cfg.seed + 1),
-                  "noise": torch.Generator(device=device).manual_seed(cfg.seed + 2)}
+    generators = training_generators(cfg.seed, t.n_models, device)
     max_samples, batch_size = int(t.max_samples), t.batch_size
     if stop.requested:
         raise RunStopped(f"{stop.signal_name} before the run folder was claimed: nothing was written", stop.exit_code)
@@ -264,22 +280,25 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
         while True:
             if schedule and progress.samples >= schedule[0]:
                 refresh()
-                row = {"samples": progress.samples, "step": progress.step, "epoch": progress.samples / data.n_train}
-                row.update(method=cfg.method.name, **evaluate(cfg, method, data, progress.samples))
-                if guard.skip:
-                    row["skipped_steps"] = progress.skipped
+                rows = evaluation_rows(cfg, method, data, progress, members)
                 now = time.perf_counter()
-                row.update(wall_seconds=round(wall(), 3), samples_per_second=round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1))
+                timing = {"wall_seconds": round(wall(), 3),  # a stack's: samples per second of each of its models
+                          "samples_per_second": round((progress.samples - last_eval[1]) / max(now - last_eval[0], 1e-9), 1)}
+                for row in rows:
+                    if guard.skip:
+                        row["skipped_steps"] = progress.skipped
+                    row.update(timing)
+                    curves = curve_values(row)
+                    if not math.isfinite(sum(curves.values())):
+                        raise _diverged("the evaluated bound or log-likelihood", progress.step, progress.samples, cfg, run_dir)
+                    of_model = f"model {row['model']}  " if "model" in row else ""
+                    if tb:
+                        for k, v in curves.items():
+                            split, kind = k.split("_")
+                            tb.add_scalar(f"{kind}/{split}" + (f"/model_{row['model']}" if of_model else ""), v, progress.samples)
+                    bar.write(f"samples {progress.samples:>11,}  {of_model}" + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
+                metrics.extend(rows)  # one write: the K rows of a stack's evaluation land together
                 last_eval = (now, progress.samples)
-                curves = curve_values(row)
-                if not math.isfinite(sum(curves.values())):
-                    raise _diverged("the evaluated bound or log-likelihood", progress.step, progress.samples, cfg, run_dir)
-                metrics.append(row)
-                if tb:
-                    for k, v in curves.items():
-                        split, kind = k.split("_")
-                        tb.add_scalar(f"{kind}/{split}", v, progress.samples)
-                bar.write(f"samples {progress.samples:>11,}  " + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
                 schedule.pop(0)
             if progress.samples >= max_samples:
                 break
@@ -307,7 +326,8 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
     if tb:
         tb.close()
-    figures = save_run_figures(method.model, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
+    drawn = method.model if members is None else stacked.load_members(method.model, members)[0]  # a stack: model 0's
+    figures = save_run_figures(drawn, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
                                reconstructions=method.has_encoder) if t.figures else []
     print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
     if figures:
@@ -318,8 +338,10 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
 
 
 def _summary(run_dir: Path, progress: Progress, metrics: MetricsLog, checkpoint: Path) -> dict:
-    """What `train` returns: the folder, the counters and the last evaluation's curves."""
-    last = metrics.rows[-1]
+    """What `train` returns: the folder, the counters and the last evaluation's curves (a stack's: the
+    mean over its models)."""
+    last = [r for r in metrics.rows if r["samples"] == metrics.rows[-1]["samples"]]
+    mean = lambda k: None if last[0].get(k) is None else sum(r[k] for r in last) / len(last)  # noqa: E731
     return {"run_dir": str(run_dir), "samples": progress.samples, "step": progress.step,
-            **{k: last.get(k) for k in ("train_bound", "test_bound", "train_loglik", "test_loglik")}, "skipped_steps": progress.skipped,
+            **{k: mean(k) for k in ("train_bound", "test_bound", "train_loglik", "test_loglik")}, "skipped_steps": progress.skipped,
             "wall_seconds": progress.wall_seconds, "metrics": str(metrics.path), "checkpoint": str(checkpoint)}

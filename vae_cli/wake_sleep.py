@@ -18,7 +18,9 @@ from typing import ClassVar
 
 import torch
 
+from . import generators
 from .estimators import log_parameter_prior, map_objective, prior_parameters
+from .generators import Generator
 from .models import VAE
 from .optimizers import build_optimizer
 
@@ -49,14 +51,15 @@ class WakeSleep:
         self.wake_optimizer.step()
         return (log_joint - log_q).detach()
 
-    def sleep(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    def sleep(self, batch_size: int, generator: Generator) -> torch.Tensor:
         """One gradient step on phi for log q_phi(z|x) on fantasies (z, x) ~ p(z) p_theta(x|z).
 
-        Returns log q(z|x) of each fantasy (before the step)."""
+        Returns log q(z|x) of each fantasy (before the step); M of them for each model of a stack."""
         like = next(self.model.decoder.parameters())  # device and dtype of the fantasies
+        models = (self.model.n_models,) if self.model.model_axes else ()  # a stack's model axis
         with torch.no_grad():
-            z = torch.randn((batch_size, self.model.latent_dim), generator=generator, device=like.device, dtype=like.dtype)
-            x = self.model.decoder(z).sample(generator)  # (M, D)
+            z = generators.randn((*models, batch_size, self.model.latent_dim), generator, 0, like.device, like.dtype)
+            x = self.model.decoder(z).sample(generator)  # (M, D), or (K, M, D)
         log_q = self.model.encoder(x).log_prob(z)  # (M,)
         objective = map_objective(log_q, log_parameter_prior(self.encoder_prior, self.prior_precision), self.n_train)
         self.sleep_optimizer.zero_grad(set_to_none=True)
@@ -66,7 +69,7 @@ class WakeSleep:
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         bounds = self.wake(x, generator)
-        self.sleep(x.shape[0], generator)  # the sleep phase sees theta after the wake update
+        self.sleep(x.shape[-2], generator)  # the sleep phase sees theta after the wake update
         return bounds
 
     def state_dict(self) -> dict:
@@ -84,7 +87,7 @@ def build(cfg, model: VAE, n_train: int, device: torch.device) -> WakeSleep:
         wake_optimizer=build_optimizer(cfg.optimizer, model.decoder.parameters(), device),
         sleep_optimizer=build_optimizer(cfg.optimizer, model.encoder.parameters(), device),
         n_train=n_train,
-        decoder_prior=prior_parameters(model.decoder.named_parameters(), cfg.prior.scope),
-        encoder_prior=prior_parameters(model.encoder.named_parameters(), cfg.prior.scope),
+        decoder_prior=prior_parameters(model.decoder.named_parameters(), cfg.prior.scope, model.model_axes),
+        encoder_prior=prior_parameters(model.encoder.named_parameters(), cfg.prior.scope, model.model_axes),
         prior_precision=cfg.prior.precision,
     )

@@ -1,0 +1,46 @@
+"""Training throughput of a stack of K models (`trainer.n_models=K`) against K separate runs' steps.
+
+For each K, two things are timed side by side in one process, interleaved over rounds (medians
+reported), at the paper's MNIST model (784-500-20, tanh, Bernoulli decoder, SGVB B, L = 1, Adagrad),
+both on the package's own code path (`train_throughput.vae_cli_runner`: `aevb.build`,
+`train.next_minibatch`, `Dataset.minibatch`, exactly what `vae-train` runs per step):
+
+- `stack`: one step of a stack of K models (seeds 0..K-1): batched matmuls over the model axis;
+- `separate`: one step of each of K single-model runs (seeds 0..K-1), one after another, as K
+  separate jobs on the same cores would take turns.
+
+Both process K x M datapoints per call. Usage:
+python benchmarks/n_models_throughput.py [--models 1 4 16] [--batch-size 100] [--rounds 8] [--threads N]
+Prints datapoints/s per model (one model's training samples per second) and the ratio stack / separate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from train_throughput import D, H, J, interleaved_medians, mnist_or_noise, parse_timing_args, vae_cli_runner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--batch-size", type=int, default=100)
+    args = parse_timing_args(parser, rounds=8)
+    train_x, cfg = mnist_or_noise(50_000)
+    M = args.batch_size
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; MNIST model {D}-{H}-{J}, "
+          f"Adagrad, SGVB B, L=1, M={M}; {args.rounds} interleaved rounds, medians")
+    print(f"{'K':>3} {'stack dp/s per model':>21} {'separate dp/s per model':>24} {'stack / separate':>17}")
+    for k in args.models:
+        stack = vae_cli_runner(train_x, cfg, M, n_models=k)
+        singles = [vae_cli_runner(train_x, cfg, M, seed=s) for s in range(k)]
+        runners = {"stack": stack, "separate": lambda: [step() for step in singles]}
+        med = {name: value / k for name, value in interleaved_medians(runners, k * M, args.rounds, args.seconds).items()}  # per model
+        print(f"{k:>3} {med['stack']:>21,.0f} {med['separate']:>24,.0f} {med['stack'] / med['separate']:>16.2f}x")
+
+
+if __name__ == "__main__":
+    main()

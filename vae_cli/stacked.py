@@ -1,0 +1,89 @@
+"""A stack of K VAEs trained side by side in one process (`trainer.n_models=K`): many seeds, one job.
+
+Model k of a stack run with `seed=s` is the model of a separate run with `seed=s+k`: built by
+`models.build_vae` from its own initial generator, fed its own data order and its own noise
+(`generators.py`). The stack holds the K models' parameters with a leading model axis: every
+`nn.Linear` becomes a `StackedLinear` (weight (K, out, in), bias (K, out)) applied as one batched
+matmul to inputs (..., K, M, in), every other parameter gets the model axis first. The densities keep
+every leading axis (`distributions.py`), so the estimators run unchanged on x (K, M, D) with
+z (L, K, M, J) and return bounds (K, M). The objective of a step is the sum over models of each
+model's MAP objective (eq. (8) + log p(theta), over N: `estimators.map_objective`), so model k's
+gradient is its own; Adagrad, Adam and SGD update every element from its own gradient and state
+only, so one optimizer over the stacked parameters is exactly K independent optimizers. A stack
+thus computes what K separate runs compute, up to the summation order of the matmuls.
+
+Parameter names are a single model's, so model k's weights are the stacked state indexed at k
+(`member_state`); evaluation, figures and vae-eval use such members as plain VAEs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .models import VAE
+
+
+class StackedLinear(nn.Module):
+    """K affine maps v -> W_k v + b_k side by side, one batched matmul over the model axis."""
+
+    def __init__(self, layers: Sequence[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))  # (K, out, in)
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # (K, out)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        """(..., K, M, in) -> (..., K, M, out): model k's rows through model k's layer.
+
+        The leading (sample) axes join the rows of each model, as nn.Linear joins them, and the bias
+        is added inside the product (baddbmm, as nn.Linear's addmm): each model's slice is computed
+        exactly as a single model computes it (a view for inputs (K, M, in) and (1, K, M, in))."""
+        n_models, in_dim = self.weight.shape[0], self.weight.shape[2]
+        rows = v.movedim(-3, 0).reshape(n_models, -1, in_dim)  # (K, ... x M, in)
+        out = torch.baddbmm(self.bias.unsqueeze(1), rows, self.weight.transpose(1, 2))  # (K, ... x M, out)
+        return out.reshape(n_models, *v.shape[:-3], v.shape[-2], -1).movedim(0, -3)
+
+
+def stack_models(models: Sequence[VAE]) -> VAE:
+    """One VAE whose parameters are the K models' stacked along a leading model axis (a copy)."""
+    stacked = copy.deepcopy(models[0])
+    for name, module in list(stacked.named_modules()):
+        if isinstance(module, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            setattr(stacked.get_submodule(parent), attr, StackedLinear([m.get_submodule(name) for m in models]))
+    for name, module in list(stacked.named_modules()):
+        if isinstance(module, StackedLinear):
+            continue
+        for own, _ in list(module.named_parameters(recurse=False)):  # e.g. the linear-Gaussian decoder's log sigma^2
+            path = f"{name}.{own}" if name else own
+            setattr(module, own, nn.Parameter(torch.stack([m.get_parameter(path).detach() for m in models])))  # (K, ...)
+    stacked.model_axes = 1
+    stacked.n_models = len(models)
+    return stacked
+
+
+def member_state(state: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Model k's state dict from a stack's (every tensor indexed at k on the model axis)."""
+    return {name: tensor[k] for name, tensor in state.items()}
+
+
+@torch.no_grad()
+def load_members(stacked: VAE, members: Sequence[VAE]) -> Sequence[VAE]:
+    """Copy the stack's current weights into its plain VAEs, `members[k]` <- model k; return them."""
+    state = stacked.state_dict()
+    for k, member in enumerate(members):
+        member.load_state_dict(member_state(state, k))
+    return members
+
+
+def build_models(build: Callable[[torch.Generator], VAE], seed: int, n_models: int) -> tuple[VAE, list[VAE] | None]:
+    """The model a run trains and, for a stack, its K plain members: model k built by `build` from a
+    generator seeded `seed + k`, as a separate run with `seed=seed+k` builds it. One model is
+    returned as it is built, with no members."""
+    models = [build(torch.Generator().manual_seed(seed + k)) for k in range(n_models)]
+    if n_models == 1:
+        return models[0], None
+    return stack_models(models), models
