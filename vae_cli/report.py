@@ -300,7 +300,7 @@ def stepsize_table(groups: dict) -> list[str]:
     lines = ["## Stepsize selection (PAPER.md §6: Adagrad's stepsize from {0.01, 0.02, 0.1} by the training bound)", "",
              "| data | N_z | method | samples | " + " | ".join(f"lr={lr}" for lr in sorted({lr for v in rows.values() for lr in v})) + " | best |",
              "|" + "---|" * (5 + len({lr for v in rows.values() for lr in v}))]
-    for (dataset, nz, method, n_train), by_lr in sorted(rows.items(), key=lambda kv: str(kv[0])):
+    for (dataset, nz, method, n_train), by_lr in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or 0)):
         best = max(by_lr, key=lambda lr: by_lr[lr][0])
         cells = [f"**{by_lr[lr][0]:.1f}**" if lr == best else f"{by_lr[lr][0]:.1f}" if lr in by_lr else "—"
                  for lr in sorted({lr for v in rows.values() for lr in v})]
