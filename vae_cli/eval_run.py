@@ -31,7 +31,7 @@ from .data import load_dataset
 from .errors import UserError
 from .marginal_likelihood import ESTIMATORS, Estimate, concat
 from .models import build_vae
-from .runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
+from .runs import ADDED_KEYS, CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
 from .stacked import member_state
 from .train import select_device
 
@@ -72,7 +72,7 @@ def load_split(saved_dataset: dict, cfg, device: torch.device) -> torch.Tensor:
 
 def n_models(config: dict) -> int:
     """How many models a run trained side by side (`trainer.n_models`; 1 for runs from before it)."""
-    return (config.get("trainer") or {}).get("n_models", 1)
+    return (config.get("trainer") or {}).get("n_models", ADDED_KEYS["trainer.n_models"])
 
 
 def member_weights(state: dict, member: int) -> dict:
@@ -237,15 +237,15 @@ def evaluate(cfg) -> dict:
     exact_fn = getattr(model.decoder, "exact_log_marginal", None)
     exact = exact_fn(x.double()).detach() if exact_fn is not None else None
     settings = {k: v for k, v in asdict(likelihood).items() if k != "name"}
-    stack = n_models(state["config"]) > 1
-    of_member = {"member": cfg.member, "n_models": n_models(state["config"]), "member_seed": state["config"]["seed"] + cfg.member} if stack else {}
+    k = n_models(state["config"])
+    of_member = {"member": cfg.member, "n_models": k, "member_seed": state["config"]["seed"] + cfg.member} if k > 1 else {}
     summary = {"estimator": likelihood.name, "split": cfg.split, **({"theta": theta} if theta else {}), **of_member,
                **summarise(result, exact, seconds),
                "settings": settings, "run_dir": str(run_dir), "samples": state.get("progress", {}).get("samples"),
                "dataset": state["config"]["dataset"]["name"], "latent_dim": model.latent_dim, "seed": cfg.seed,
                "device": str(device), "torch": torch.__version__,
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    paths = write_result(run_dir, f"{likelihood.name}-{cfg.split}" + (f"-member{cfg.member}" if stack else ""), summary, result, exact)
+    paths = write_result(run_dir, f"{likelihood.name}-{cfg.split}" + (f"-member{cfg.member}" if of_member else ""), summary, result, exact)
     print_table(summary)
     print(f"results:  {paths['.json']} (+ .npy estimates, .npz per-point details)")
     return {**summary, "paths": paths}

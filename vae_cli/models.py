@@ -103,8 +103,12 @@ class LinearGaussianDecoder(nn.Module):
 class VAE(nn.Module):
     """The generative model p(z) p_theta(x|z) with its recognition model q_phi(z|x) (AEVB Fig. 1)."""
 
-    model_axes = 0  # leading axes of every parameter that index models; 1 in a stack (stacked.py)
-    n_models = 1  # models side by side; K in a stack
+    n_models = 1  # models side by side; K in a stack (stacked.py)
+
+    @property
+    def model_axes(self) -> int:
+        """Leading axes of every parameter that index models: 1 in a stack, else 0."""
+        return int(self.n_models > 1)
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, data_dim: int):
         super().__init__()

@@ -60,7 +60,6 @@ def stack_models(models: Sequence[VAE]) -> VAE:
         for own, _ in list(module.named_parameters(recurse=False)):  # e.g. the linear-Gaussian decoder's log sigma^2
             path = f"{name}.{own}" if name else own
             setattr(module, own, nn.Parameter(torch.stack([m.get_parameter(path).detach() for m in models])))  # (K, ...)
-    stacked.model_axes = 1
     stacked.n_models = len(models)
     return stacked
 

@@ -291,11 +291,12 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
                     curves = curve_values(row)
                     if not math.isfinite(sum(curves.values())):
                         raise _diverged("the evaluated bound or log-likelihood", progress.step, progress.samples, cfg, run_dir)
-                    of_model = f"model {row['model']}  " if "model" in row else ""
+                    stack_member = row.get("model")  # None for one model
                     if tb:
                         for k, v in curves.items():
                             split, kind = k.split("_")
-                            tb.add_scalar(f"{kind}/{split}" + (f"/model_{row['model']}" if of_model else ""), v, progress.samples)
+                            tb.add_scalar(f"{kind}/{split}" + ("" if stack_member is None else f"/model_{stack_member}"), v, progress.samples)
+                    of_model = "" if stack_member is None else f"model {stack_member}  "
                     bar.write(f"samples {progress.samples:>11,}  {of_model}" + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
                 metrics.extend(rows)  # one write: the K rows of a stack's evaluation land together
                 last_eval = (now, progress.samples)
