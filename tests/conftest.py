@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker (and its console scripts): no oversubscribed cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module

@@ -37,7 +37,7 @@ def table_rows(report_md: Path) -> list[str]:
 def test_fig2_mnist_smoke_sweep_to_report(tmp_path, shared_data):
     """Two N_z, both methods: every run finishes, the figures exist, a table row per run, and AEVB's
     bound beats wake-sleep's at the last evaluation (Fig. 2, every panel)."""
-    run("vae-train", "experiment=fig2_mnist", "scale=smoke", "model.latent_dim=3,20", *QUIET, "--multirun", cwd=tmp_path, data=shared_data)
+    run("vae-train", "experiment=fig2_mnist", "scale=smoke", "model.latent_dim=3,20", "hydra/launcher=joblib", *QUIET, "--multirun", cwd=tmp_path, data=shared_data)
     sweep = tmp_path / "multirun" / "fig2_mnist" / "smoke"
     rows = final_rows(sweep)
     assert sorted(rows) == ["method=aevb,model.latent_dim=20", "method=aevb,model.latent_dim=3",
@@ -56,7 +56,8 @@ def test_fig2_mnist_smoke_sweep_to_report(tmp_path, shared_data):
 
 def test_fig3_smoke_sweep_to_report(tmp_path, shared_data):
     """Both N_train, all three methods, the App. D log-likelihood tracked; Fig. 3 and its table."""
-    run("vae-train", "experiment=fig3", "scale=smoke", "trainer.max_samples=2e4", *QUIET, "--multirun", cwd=tmp_path, data=shared_data)
+    run("vae-train", "experiment=fig3", "scale=smoke", "trainer.max_samples=1e4", "trainer.eval_every=5e3",
+        "trainer.loglik_points=30", "hydra/launcher=joblib", *QUIET, "--multirun", cwd=tmp_path, data=shared_data)
     sweep = tmp_path / "multirun" / "fig3" / "smoke"
     rows = final_rows(sweep)
     assert len(rows) == 6
