@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vae_cli.data import safe_unpickle
+from vae_cli.runs import CHECKPOINT_FORMAT
 
 SCRIPT = Path(sys.executable).parent / "vae-train"
 TINY = ["trainer=debug", "dataset=frey", "trainer.max_samples=2e3", "trainer.eval_first=1e3"]  # Frey Face: quick to load
@@ -147,7 +148,7 @@ BAD_INPUTS = [  # (arguments, the words of the one line, preparation)
     ([*TINY, "trainer.resume=true"], "checkpoints/last.pt is not a readable vae-cli checkpoint (RuntimeError)", "truncated checkpoint"),
     (["resume_from={run}"], "checkpoints/last.pt is not a readable vae-cli checkpoint (UnpicklingError)", "foreign checkpoint"),
     (["resume_from={run}"], "checkpoints/last.pt is missing, so the run in {run} cannot continue", "missing checkpoint"),
-    (["resume_from={run}"], "has checkpoint format 99, this vae-cli reads format 1", "checkpoint format 99"),
+    (["resume_from={run}"], f"has checkpoint format 99, this vae-cli reads format {CHECKPOINT_FORMAT}", "checkpoint format 99"),
     (["resume_from={run}"], "was written by a run with model.decoder='bernoulli', not 'gaussian_sigmoid'", "checkpoint of another decoder"),
     (["resume_from={run}"], "does not fit the requested model (size mismatch for", "checkpoint of other shapes"),
     (["resume_from={run}"], "metrics.jsonl is not a vae-cli metrics file (JSONDecodeError)", "garbled metrics"),

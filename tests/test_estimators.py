@@ -1,14 +1,17 @@
 """SGVB estimators A (eq. 6) and B (eq. 7), the minibatch estimator (eq. 8) and the MAP objective."""
 
+import copy
 import math
 
+import pytest
 import torch
 
+from conftest import compose_config
 from helpers import linear_gaussian_vae, orthogonal_columns, set_exact_posterior_encoder
-from vae_cli.estimators import (
-    log_parameter_prior, map_objective, minibatch_bound, prior_parameters, sgvb_a, sgvb_b,
-)
+from vae_cli import aevb, full_vb, mcem, wake_sleep
+from vae_cli.estimators import map_objective, minibatch_bound, prior_parameters, prior_weight_decay, sgvb_a, sgvb_b
 from vae_cli.models import build_vae
+from vae_cli.optimizers import build_optimizer
 
 
 def _closed_form_elbo(model, x):
@@ -79,33 +82,67 @@ def test_minibatch_estimator_scales_by_n_over_m():
     assert minibatch_bound(bounds, n_train=100).item() == -300.0  # (N/M) sum = 25 * -12
 
 
-def test_map_objective_adds_the_weight_prior_over_the_whole_data_set():
+def test_map_objective_is_eq8_over_n_and_the_prior_covers_the_scope():
     g = torch.Generator().manual_seed(4)
     model = build_vae(5, 2, [4], "bernoulli", 0.3, g).double()
     weights = prior_parameters(model.named_parameters(), "weights")
     assert len(weights) == 4 and all(p.ndim == 2 for p in weights)  # enc: W3, [W4;W5]; dec: W1, W2
     assert len(prior_parameters(model.named_parameters(), "all")) == 8
     assert prior_parameters(model.named_parameters(), "none") == []
-    precision, n_train = 2.0, 50
-    expected_log_prior = -0.5 * precision * sum((p**2).sum() for p in weights)
-    torch.testing.assert_close(log_parameter_prior(weights, precision), expected_log_prior)
     bounds = torch.randn(10, generator=g, dtype=torch.float64)
-    objective = map_objective(bounds, log_parameter_prior(weights, precision), n_train)
-    torch.testing.assert_close(objective, bounds.mean() + expected_log_prior / n_train)
-    # its gradient on a weight matrix is the prior's -precision * W / N
-    objective.backward()
-    W = model.decoder.net.out.weight
-    torch.testing.assert_close(W.grad, -precision * W.detach() / n_train)
+    torch.testing.assert_close(map_objective(bounds, 50), bounds.mean())  # (1/N) (N/M) sum_i
+    assert prior_weight_decay(2.0, 50) == 2.0 / 50
 
 
-def test_the_weight_prior_gradient_is_autograds_of_the_sum_of_squares_bit_for_bit():
-    """SquaredNorm saves passes over the weights without changing a bit of any run's numbers."""
-    g = torch.Generator().manual_seed(5)
-    for p in (torch.randn(3, 500, 784, generator=g) * 0.01, torch.randn(7, generator=g) * 1e-36):  # subnormal g p too
-        ours, theirs = p.clone().requires_grad_(), p.clone().requires_grad_()
-        (log_parameter_prior([ours], 0.7) / 50000).backward()
-        (-0.5 * 0.7 * torch.stack([(theirs * theirs).sum()]).sum() / 50000).backward()
-        assert torch.equal(ours.grad, theirs.grad)
+@pytest.mark.parametrize("scope", ["weights", "all", "none"])
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "sgd"])
+def test_aevb_steps_follow_the_gradient_of_eq8_plus_the_weight_prior(optimizer, scope):
+    """Three AEVB updates (the prior as the optimizer's weight decay) equal three updates of the same
+    optimizer on autograd's gradient of the whole MAP objective (1/N) [eq. (8) + log p(theta)],
+    log p(theta) = -precision/2 ||theta||^2 written out here (AEVB §5)."""
+    precision, n_train = 3.0, 40
+    cfg = compose_config([f"optimizer={optimizer}", f"prior.precision={precision}", f"prior.scope={scope}",
+                          *(["optimizer.momentum=0.9"] if optimizer == "sgd" else [])])
+    model = build_vae(6, 2, [5], "bernoulli", 0.3, torch.Generator().manual_seed(2)).double()
+    reference = copy.deepcopy(model)
+    method = aevb.build(cfg, model, n_train, torch.device("cpu"))
+    by_hand = build_optimizer(cfg.optimizer, reference.parameters(), torch.device("cpu"))  # no weight decay
+    covered = prior_parameters(reference.named_parameters(), scope)
+    x = torch.rand(3, 8, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours_noise, their_noise = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for batch in x:
+        method.step(batch, torch.arange(8), ours_noise)
+        log_prior = -0.5 * precision * sum((p**2).sum() for p in covered) if covered else torch.zeros(())
+        objective = minibatch_bound(sgvb_b(reference, batch, 1, their_noise), n_train) / n_train + log_prior / n_train
+        by_hand.zero_grad()
+        (-objective).backward()
+        by_hand.step()
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-13, msg=name)
+    moved = [(p - q).abs().max().item() for p, q in zip(model.parameters(), build_vae(6, 2, [5], "bernoulli", 0.3,
+             torch.Generator().manual_seed(2)).double().parameters())]
+    assert min(moved) > 1e-4  # every parameter was updated: the comparison is not of untouched weights
+
+
+def test_every_method_puts_the_weight_prior_on_its_own_parameters_as_decay_precision_over_n():
+    """wake-sleep (two optimizers), MCEM (decoder only) and full VB (point estimates only) hand
+    their optimizers the parameters prior.scope names among those each one updates, decay alpha / N."""
+    cfg = compose_config(["prior.precision=2.0", "model.latent_dim=2", "model.hidden=[5]"])
+    model = build_vae(6, 2, [5], "bernoulli", 0.3, torch.Generator().manual_seed(2))
+    n_train, cpu = 40, torch.device("cpu")
+
+    def decayed(optimizer):
+        return {id(p) for g in optimizer.param_groups if g["weight_decay"] == 2.0 / n_train for p in g["params"]}
+
+    def weights(module):
+        return {id(p) for p in prior_parameters(module.named_parameters(), "weights")}
+
+    ws = wake_sleep.build(cfg, model, n_train, cpu)
+    assert decayed(ws.wake_optimizer) == weights(model.decoder) and decayed(ws.sleep_optimizer) == weights(model.encoder)
+    em = mcem.build(compose_config(["method=mcem", "prior.precision=2.0"]), model, n_train, cpu)
+    assert decayed(em.optimizer) == weights(model.decoder)
+    vb = full_vb.build(compose_config(["method=full_vb", "prior.precision=2.0"]), model, n_train, cpu)
+    assert decayed(vb.optimizer) == weights(model.encoder)  # the decoder's theta is under q(theta), not a point prior
 
 
 def test_a_stack_of_models_sums_eq_8_per_model_with_m_per_model():

@@ -18,6 +18,7 @@ from conftest import compose_config
 from vae_cli.config import validate_eval
 from vae_cli.errors import UserError
 from vae_cli.eval_run import evaluate
+from vae_cli.runs import CHECKPOINT_FORMAT
 from vae_cli.train import train
 
 SCRIPT = Path(sys.executable).parent / "vae-eval"
@@ -136,7 +137,7 @@ def _foreign(run: Path) -> str:
 BAD_INPUTS = [
     (lambda run: [f"run_dir={run.parent}"], "no checkpoint at"),
     (lambda run: [f"run_dir={run.parent / 'missing'}"], "is not a folder"),
-    (lambda run: [f"run_dir={_incompatible(run)}"], "has checkpoint format 0, this vae-cli reads format 1"),
+    (lambda run: [f"run_dir={_incompatible(run)}"], f"has checkpoint format 0, this vae-cli reads format {CHECKPOINT_FORMAT}"),
     (lambda run: [f"run_dir={_foreign(run)}"], "is not a readable vae-cli checkpoint"),
     (lambda run: [], "run_dir is required"),
     (lambda run: [f"run_dir={run}", "likelihood.k=0"], "likelihood.k=0 must be positive"),

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from .estimators import Estimator, get_estimator, log_parameter_prior, map_objective, prior_parameters
+from .estimators import Estimator, get_estimator, map_objective, prior_parameters, prior_weight_decay
 from .models import VAE
 from .optimizers import build_optimizer
 
@@ -28,14 +28,11 @@ class AEVB:
     estimator: Estimator
     n_samples: int  # L
     n_train: int  # N
-    prior_params: list[torch.Tensor]
-    prior_precision: float
     has_encoder: ClassVar[bool] = True
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         bounds = self.estimator(self.model, x, self.n_samples, generator)  # (M,), eq. (6) or (7)
-        log_prior = log_parameter_prior(self.prior_params, self.prior_precision)
-        objective = map_objective(bounds, log_prior, self.n_train)  # eq. (8) + log p(theta), per datapoint (a stack: summed over models)
+        objective = map_objective(bounds, self.n_train)  # eq. (8) / N (a stack: summed over models); + log p(theta) / N in the optimizer
         self.optimizer.zero_grad(set_to_none=True)
         (-objective).backward()  # gradient ascent on the bound (Algorithm 1)
         self.optimizer.step()
@@ -50,12 +47,11 @@ class AEVB:
 
 def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
     """AEVB over the encoder's phi and the decoder's theta jointly (AEVB §5)."""
+    prior = prior_parameters(model.named_parameters(), cfg.prior.scope, model.model_axes)
     return AEVB(
         model=model,
-        optimizer=build_optimizer(cfg.optimizer, model.parameters(), device),
+        optimizer=build_optimizer(cfg.optimizer, model.parameters(), device, prior, prior_weight_decay(cfg.prior.precision, n_train)),
         estimator=get_estimator(cfg.estimator.name),
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,
-        prior_params=prior_parameters(model.named_parameters(), cfg.prior.scope, model.model_axes),
-        prior_precision=cfg.prior.precision,
     )

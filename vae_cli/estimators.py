@@ -62,34 +62,22 @@ def prior_parameters(named_parameters: Iterable[tuple[str, torch.Tensor]], scope
     raise ValueError(f"unknown prior scope {scope!r}; choose one of weights, all, none")
 
 
-class SquaredNorm(torch.autograd.Function):
-    """||p||^2 = sum_i p_i^2 in one pass over p, and its gradient g p + g p in two: bit for bit what
-    autograd gives for (p * p).sum(), without its three passes and two temporaries of p's size
-    (the weight prior touches every weight each step; in a stack of K models, K x the memory)."""
+def prior_weight_decay(precision: float, n_train: int) -> float:
+    """The weight prior's term of the MAP objective as a weight decay (AEVB §5, PAPER.md §10.4).
 
-    @staticmethod
-    def forward(ctx, p: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(p)
-        return torch.dot(p.reshape(-1), p.reshape(-1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (p,) = ctx.saved_tensors
-        g_p = p * grad
-        return g_p.add_(g_p)
-
-
-def log_parameter_prior(params: list[torch.Tensor], precision: float) -> torch.Tensor:
-    """log p(theta) = -precision/2 ||theta||^2 + const for theta ~ N(0, I / precision) (AEVB §5)."""
-    if not params or precision == 0.0:
-        return torch.zeros(())
-    return -0.5 * precision * torch.stack([SquaredNorm.apply(p) for p in params]).sum()
-
-
-def map_objective(bounds: torch.Tensor, log_prior_theta: torch.Tensor, n_train: int) -> torch.Tensor:
-    """The per-datapoint MAP objective (1/N) [eq. (8) + log p(theta)] (AEVB §5, PAPER.md §10.4).
-
-    Dividing eq. (8) plus the whole-data-set prior by N keeps gradients O(1) for every optimizer and
-    leaves Adagrad's steps unchanged; the prior weighs M/N against the minibatch sum, as in [K].
+    For theta ~ N(0, I / precision), -(1/N) log p(theta) = precision / (2N) ||theta||^2 + const has
+    the gradient (precision / N) theta: exactly the weight decay `build_optimizer` adds to the
+    gradients of the parameters `prior_parameters` names, inside the optimizer's fused kernel (one
+    pass, where autograd of the sum of squares needs three over every weight each step).
     """
-    return minibatch_bound(bounds, n_train) / n_train + log_prior_theta / n_train
+    return precision / n_train
+
+
+def map_objective(bounds: torch.Tensor, n_train: int) -> torch.Tensor:
+    """The data term (1/N) eq. (8) of the per-datapoint MAP objective (1/N) [eq. (8) + log p(theta)]
+    (AEVB §5); its prior term enters through the optimizer's weight decay (`prior_weight_decay`).
+
+    Dividing by N keeps gradients O(1) for every optimizer and leaves Adagrad's steps unchanged; the
+    prior weighs M/N against the minibatch sum, as in [K].
+    """
+    return minibatch_bound(bounds, n_train) / n_train

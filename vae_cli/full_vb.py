@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .distributions import LOG_2PI
-from .estimators import Estimator, get_estimator, log_parameter_prior, map_objective, prior_parameters
+from .estimators import Estimator, get_estimator, map_objective, prior_parameters, prior_weight_decay
 from .evaluate import BoundEstimate, bounds_per_datapoint, evaluate_bound, average
 from .models import VAE
 from .optimizers import build_optimizer
@@ -181,14 +181,12 @@ class FullVB:
     n_train: int  # N
     precision: float  # alpha of p_alpha(theta), and the point estimates' weight prior
     kl: str  # closed_form | monte_carlo
-    point_params: list[torch.Tensor]  # point-estimated parameters under the MAP weight prior
     eval_draws: int  # 0: evaluate at the posterior mean; K: average over K draws theta ~ q(theta)
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         shares = sgvb_full_vb(self.model, self.posterior, x, self.estimator, self.n_samples, self.n_train,
                               self.precision, self.kl, generator)  # (M,), App. F eq. (22)/(24) over N
-        log_prior = log_parameter_prior(self.point_params, self.precision)  # encoder's MAP prior (AEVB §5)
-        objective = map_objective(shares, log_prior, self.n_train)
+        objective = map_objective(shares, self.n_train)  # + the point estimates' MAP prior (AEVB §5) in the optimizer
         self.optimizer.zero_grad(set_to_none=True)
         (-objective).backward()  # gradient ascent on L(phi; X) (App. F, Algorithm 2)
         self.optimizer.step()
@@ -225,12 +223,12 @@ def build(cfg, model: VAE, n_train: int, device: torch.device, covered: Iterable
     return FullVB(
         model=model,
         posterior=posterior,
-        optimizer=build_optimizer(cfg.optimizer, [*model.parameters(), *posterior.parameters()], device),
+        optimizer=build_optimizer(cfg.optimizer, [*model.parameters(), *posterior.parameters()], device,
+                                  prior_parameters(point, cfg.prior.scope), prior_weight_decay(cfg.prior.precision, n_train)),
         estimator=get_estimator(cfg.estimator.name),
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,
         precision=cfg.prior.precision,
         kl=cfg.posterior.kl,
-        point_params=prior_parameters(point, cfg.prior.scope),
         eval_draws=cfg.posterior.eval_draws,
     )

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from .estimators import log_parameter_prior, map_objective, prior_parameters
+from .estimators import map_objective, prior_parameters, prior_weight_decay
 from .hmc import HMCInfo, HMCState, adapt_step_size, hmc_step, init_state
 from .models import VAE
 from .optimizers import build_optimizer
@@ -33,8 +33,6 @@ class MCEM:
     model: VAE
     optimizer: torch.optim.Optimizer  # over theta, the decoder; the encoder is never used
     n_train: int  # N
-    prior_params: list[torch.Tensor]
-    prior_precision: float
     n_leapfrog: int
     n_weight_updates: int
     target_accept: float
@@ -56,8 +54,7 @@ class MCEM:
     def m_step(self, x: torch.Tensor, z: torch.Tensor) -> None:
         """`n_weight_updates` gradient steps on theta for the MAP objective at the samples z (M, J)."""
         for _ in range(self.n_weight_updates):
-            log_prior = log_parameter_prior(self.prior_params, self.prior_precision)
-            objective = map_objective(self.model.log_joint(x, z), log_prior, self.n_train)
+            objective = map_objective(self.model.log_joint(x, z), self.n_train)  # + log p(theta) / N in the optimizer
             self.optimizer.zero_grad(set_to_none=True)
             (-objective).backward()
             self.optimizer.step()
@@ -88,10 +85,10 @@ def build(cfg, model: VAE, n_train: int, device: torch.device) -> MCEM:
     z = torch.randn((n_train, model.latent_dim), generator=generator, device=device, dtype=like.dtype)  # z ~ p(z)
     return MCEM(
         model=model,
-        optimizer=build_optimizer(cfg.optimizer, model.decoder.parameters(), device),
+        optimizer=build_optimizer(cfg.optimizer, model.decoder.parameters(), device,
+                                  prior_parameters(model.decoder.named_parameters(), cfg.prior.scope),
+                                  prior_weight_decay(cfg.prior.precision, n_train)),
         n_train=n_train,
-        prior_params=prior_parameters(model.decoder.named_parameters(), cfg.prior.scope),
-        prior_precision=cfg.prior.precision,
         n_leapfrog=m.n_leapfrog,
         n_weight_updates=m.n_weight_updates,
         target_accept=m.target_accept,

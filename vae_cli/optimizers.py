@@ -5,7 +5,8 @@ Adagrad's unstated details (PAPER.md §10.5) follow PyTorch: accumulator startin
 the root, no extra learning-rate decay (its own growing accumulator is the "annealing"). The
 multi-tensor path is used on every device: fused kernels on CPU (one pass over all parameters
 instead of a Python loop per tensor; they also take the device-side "skip this update" flag that
-`NonFiniteGuard` uses), foreach kernels on CUDA.
+`NonFiniteGuard` uses), foreach kernels on CUDA. The weight prior p(theta) of the MAP objective
+enters as weight decay on the parameters it covers (AEVB §5, `estimators.prior_weight_decay`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ from collections.abc import Iterable
 import torch
 
 
-def build_optimizer(cfg, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg, params: Iterable[torch.nn.Parameter], device: torch.device,
+                    prior: Iterable[torch.Tensor] = (), weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer of `cfg` over `params`; the parameters in `prior` get `weight_decay` x theta
+    added to their gradient inside its kernel: the weight prior's term of the MAP objective
+    (`estimators.prior_weight_decay`), with no pass of autograd over the weights."""
     params = list(params)
+    in_prior = {id(p) for p in prior}
+    groups = [{"params": [p for p in params if id(p) in in_prior], "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) not in in_prior], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     fast = {"fused": True} if device.type == "cpu" else {"foreach": True}
     if cfg.name == "adagrad":
-        optimizer = torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, **fast)
-    elif cfg.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, betas=tuple(cfg.betas), **fast)
+        optimizer = torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, **fast)
+    elif cfg.name == "adam":  # L2 weight decay, added to the gradient (not AdamW's decoupled decay)
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.eps, betas=tuple(cfg.betas), **fast)
     elif cfg.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **fast)
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fast)
     else:
         raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of adagrad, adam, sgd")
     if cfg.name == "sgd" and cfg.momentum > 0:

@@ -25,7 +25,7 @@ from .errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: optimizers hold the weight prior's parameters as their first group
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = Path("checkpoints") / "last.pt"

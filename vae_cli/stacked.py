@@ -7,9 +7,9 @@ Model k of a stack run with `seed=s` is the model of a separate run with `seed=s
 matmul to inputs (..., K, M, in), every other parameter gets the model axis first. The densities keep
 every leading axis (`distributions.py`), so the estimators run unchanged on x (K, M, D) with
 z (L, K, M, J) and return bounds (K, M). The objective of a step is the sum over models of each
-model's MAP objective (eq. (8) + log p(theta), over N: `estimators.map_objective`), so model k's
-gradient is its own; Adagrad, Adam and SGD update every element from its own gradient and state
-only, so one optimizer over the stacked parameters is exactly K independent optimizers. A stack
+model's MAP objective (eq. (8) over N, `estimators.map_objective`; log p(theta)'s term is the
+optimizer's elementwise weight decay), so model k's gradient is its own; Adagrad, Adam and SGD
+update every element from its own gradient and state only, so one optimizer over the stacked parameters is exactly K independent optimizers. A stack
 thus computes what K separate runs compute, up to the summation order of the matmuls.
 
 Parameter names are a single model's, so model k's weights are the stacked state indexed at k

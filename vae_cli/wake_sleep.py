@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from . import generators
-from .estimators import log_parameter_prior, map_objective, prior_parameters
+from .estimators import map_objective, prior_parameters, prior_weight_decay
 from .generators import Generator
 from .models import VAE
 from .optimizers import build_optimizer
@@ -28,12 +28,9 @@ from .optimizers import build_optimizer
 @dataclass
 class WakeSleep:
     model: VAE
-    wake_optimizer: torch.optim.Optimizer  # over theta, the decoder
-    sleep_optimizer: torch.optim.Optimizer  # over phi, the encoder
+    wake_optimizer: torch.optim.Optimizer  # over theta, the decoder, with p(theta) as weight decay
+    sleep_optimizer: torch.optim.Optimizer  # over phi, the encoder, with p(phi) as weight decay
     n_train: int  # N
-    decoder_prior: list[torch.Tensor]  # the parameters of theta under p(theta)
-    encoder_prior: list[torch.Tensor]  # the parameters of phi under p(phi)
-    prior_precision: float
     has_encoder: ClassVar[bool] = True  # q(z|x) is a proper recognition model: its bound is evaluated
 
     def wake(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -45,7 +42,7 @@ class WakeSleep:
             z = q.sample(generator)  # (M, J)
             log_q = q.log_prob(z)
         log_joint = self.model.log_joint(x, z)  # (M,)
-        objective = map_objective(log_joint, log_parameter_prior(self.decoder_prior, self.prior_precision), self.n_train)
+        objective = map_objective(log_joint, self.n_train)
         self.wake_optimizer.zero_grad(set_to_none=True)
         (-objective).backward()
         self.wake_optimizer.step()
@@ -61,7 +58,7 @@ class WakeSleep:
             z = generators.randn((*models, batch_size, self.model.latent_dim), generator, 0, like.device, like.dtype)
             x = self.model.decoder(z).sample(generator)  # (M, D), or (K, M, D)
         log_q = self.model.encoder(x).log_prob(z)  # (M,)
-        objective = map_objective(log_q, log_parameter_prior(self.encoder_prior, self.prior_precision), self.n_train)
+        objective = map_objective(log_q, self.n_train)
         self.sleep_optimizer.zero_grad(set_to_none=True)
         (-objective).backward()
         self.sleep_optimizer.step()
@@ -82,12 +79,10 @@ class WakeSleep:
 
 def build(cfg, model: VAE, n_train: int, device: torch.device) -> WakeSleep:
     """Wake-sleep with one optimizer per phase, both of the `optimizer` group (PAPER.md §9)."""
-    return WakeSleep(
-        model=model,
-        wake_optimizer=build_optimizer(cfg.optimizer, model.decoder.parameters(), device),
-        sleep_optimizer=build_optimizer(cfg.optimizer, model.encoder.parameters(), device),
-        n_train=n_train,
-        decoder_prior=prior_parameters(model.decoder.named_parameters(), cfg.prior.scope, model.model_axes),
-        encoder_prior=prior_parameters(model.encoder.named_parameters(), cfg.prior.scope, model.model_axes),
-        prior_precision=cfg.prior.precision,
-    )
+    decay = prior_weight_decay(cfg.prior.precision, n_train)
+
+    def optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
+        prior = prior_parameters(net.named_parameters(), cfg.prior.scope, model.model_axes)
+        return build_optimizer(cfg.optimizer, net.parameters(), device, prior, decay)
+
+    return WakeSleep(model=model, wake_optimizer=optimizer(model.decoder), sleep_optimizer=optimizer(model.encoder), n_train=n_train)
