@@ -35,16 +35,19 @@ def test_stacked_linear_is_each_models_layer_on_its_own_rows():
     layers = [nn.Linear(6, 4) for _ in range(K)]
     stack = StackedLinear(layers)
     for shape in ((K, 5, 6), (2, K, 5, 6)):  # x (K, M, in) and z (L, K, M, in)
-        v = torch.randn(shape)
+        v = torch.randn(shape, requires_grad=True)
         out = stack(v)
         assert out.shape == (*shape[:-1], 4)
         for k, layer in enumerate(layers):
             torch.testing.assert_close(out.select(-3, k), layer(v.select(-3, k)))
-    out.square().sum().backward()
+    out.square().sum().backward()  # the backward of StackedAffine: dW, db and the input's gradient
+    assert stack.weight.grad.is_contiguous()  # formed in W's layout, not a transposed copy
     for k, layer in enumerate(layers):
-        layer(v.select(-3, k)).square().sum().backward()
+        v_k = v.detach().select(-3, k).requires_grad_()
+        layer(v_k).square().sum().backward()
         torch.testing.assert_close(stack.weight.grad[k], layer.weight.grad)
         torch.testing.assert_close(stack.bias.grad[k], layer.bias.grad)
+        torch.testing.assert_close(v.grad.select(-3, k), v_k.grad)
 
 
 def test_a_generator_stack_draws_each_models_numbers_from_its_own_generator():

@@ -27,6 +27,27 @@ from torch import nn
 from .models import VAE
 
 
+class StackedAffine(torch.autograd.Function):
+    """Per model k, (R, in) -> (R, out): rows_k W_k^T + b_k as one batched matmul, and its backward
+    with dW_k = g_k^T rows_k formed in W's own (K, out, in) layout. (Autograd of the forward alone
+    yields dW transposed, which its accumulation then copies into W's layout: one extra pass over
+    every weight of every model each step, about a fifth of a stacked step on a CPU.)"""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, weight)
+        return torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))  # (K, R, out), as nn.Linear's addmm
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_rows = torch.bmm(grad, weight) if needs[0] else None  # (K, R, in)
+        grad_weight = torch.bmm(grad.transpose(1, 2), rows) if needs[1] else None  # (K, out, in)
+        grad_bias = grad.sum(1) if needs[2] else None  # (K, out)
+        return grad_rows, grad_weight, grad_bias
+
+
 class StackedLinear(nn.Module):
     """K affine maps v -> W_k v + b_k side by side, one batched matmul over the model axis."""
 
@@ -43,7 +64,7 @@ class StackedLinear(nn.Module):
         exactly as a single model computes it (a view for inputs (K, M, in) and (1, K, M, in))."""
         n_models, in_dim = self.weight.shape[0], self.weight.shape[2]
         rows = v.movedim(-3, 0).reshape(n_models, -1, in_dim)  # (K, ... x M, in)
-        out = torch.baddbmm(self.bias.unsqueeze(1), rows, self.weight.transpose(1, 2))  # (K, ... x M, out)
+        out = StackedAffine.apply(rows, self.weight, self.bias)  # (K, ... x M, out)
         return out.reshape(n_models, *v.shape[:-3], v.shape[-2], -1).movedim(0, -3)
 
 
