@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import compose_config
 from helpers import run_training, straight_and_resumed, without_wall_clock
@@ -66,3 +67,18 @@ def test_a_run_folder_is_never_overwritten(tmp_path, shared_data):
     with pytest.raises(UserError, match="different config"):
         run_training(tmp_path, "run", "trainer.max_samples=2e3", "dataset.n_train=1000", "trainer.resume=true", "seed=5", data_root=shared_data)
     assert before == {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch: device=cuda is checked on a machine with one")
+@pytest.mark.parametrize("method", ["aevb", "wake_sleep"])
+def test_device_cuda_runs_the_same_code_path(tmp_path, shared_data, method):
+    """The one loop with data, parameters, generators and optimizer state on the GPU (a stack of two
+    models): its bounds after 3e4 samples are the CPU run's up to the noise (the devices' random
+    streams differ), and a resumed GPU run equals the straight one."""
+    args = (f"method={method}", "trainer.max_samples=3e4", "trainer.n_models=2")
+    _, cpu = run_training(tmp_path, "cpu", *args, "device=cpu", data_root=shared_data)
+    _, gpu = run_training(tmp_path, "gpu", *args, "device=cuda", data_root=shared_data)
+    assert [(r["samples"], r["model"]) for r in cpu] == [(r["samples"], r["model"]) for r in gpu]
+    for a, b in zip(cpu[-2:], gpu[-2:]):  # the last evaluation of both models
+        assert abs(a["test_bound"] - b["test_bound"]) < 8, (a["test_bound"], b["test_bound"])
+    straight_and_resumed(tmp_path / "resume", f"method={method}", "device=cuda", data_root=shared_data)
