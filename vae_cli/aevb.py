@@ -16,9 +16,9 @@ from typing import ClassVar
 
 import torch
 
-from .estimators import Estimator, get_estimator, map_objective, prior_parameters, prior_weight_decay
+from .estimators import Estimator, get_estimator, map_objective
 from .models import VAE
-from .optimizers import build_optimizer
+from .optimizers import map_optimizer
 
 
 @dataclass
@@ -47,10 +47,9 @@ class AEVB:
 
 def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
     """AEVB over the encoder's phi and the decoder's theta jointly (AEVB §5)."""
-    prior = prior_parameters(model.named_parameters(), cfg.prior.scope, model.model_axes)
     return AEVB(
         model=model,
-        optimizer=build_optimizer(cfg.optimizer, model.parameters(), device, prior, prior_weight_decay(cfg.prior.precision, n_train)),
+        optimizer=map_optimizer(cfg, model.named_parameters(), n_train, device, model.model_axes),
         estimator=get_estimator(cfg.estimator.name),
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,

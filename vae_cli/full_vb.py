@@ -31,10 +31,10 @@ from torch import nn
 from torch.func import functional_call
 
 from .distributions import LOG_2PI
-from .estimators import Estimator, get_estimator, map_objective, prior_parameters, prior_weight_decay
+from .estimators import Estimator, get_estimator, map_objective
 from .evaluate import BoundEstimate, bounds_per_datapoint, evaluate_bound, average
 from .models import VAE
-from .optimizers import build_optimizer
+from .optimizers import map_optimizer
 
 KL_FORMS = ("closed_form", "monte_carlo")
 
@@ -223,8 +223,7 @@ def build(cfg, model: VAE, n_train: int, device: torch.device, covered: Iterable
     return FullVB(
         model=model,
         posterior=posterior,
-        optimizer=build_optimizer(cfg.optimizer, [*model.parameters(), *posterior.parameters()], device,
-                                  prior_parameters(point, cfg.prior.scope), prior_weight_decay(cfg.prior.precision, n_train)),
+        optimizer=map_optimizer(cfg, point, n_train, device, others=[*posterior.mean.values(), *posterior.parameters()]),
         estimator=get_estimator(cfg.estimator.name),
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,

@@ -22,10 +22,10 @@ from typing import ClassVar
 
 import torch
 
-from .estimators import map_objective, prior_parameters, prior_weight_decay
+from .estimators import map_objective
 from .hmc import HMCInfo, HMCState, adapt_step_size, hmc_step, init_state
 from .models import VAE
-from .optimizers import build_optimizer
+from .optimizers import map_optimizer
 
 
 @dataclass
@@ -85,9 +85,7 @@ def build(cfg, model: VAE, n_train: int, device: torch.device) -> MCEM:
     z = torch.randn((n_train, model.latent_dim), generator=generator, device=device, dtype=like.dtype)  # z ~ p(z)
     return MCEM(
         model=model,
-        optimizer=build_optimizer(cfg.optimizer, model.decoder.parameters(), device,
-                                  prior_parameters(model.decoder.named_parameters(), cfg.prior.scope),
-                                  prior_weight_decay(cfg.prior.precision, n_train)),
+        optimizer=map_optimizer(cfg, model.decoder.named_parameters(), n_train, device),
         n_train=n_train,
         n_leapfrog=m.n_leapfrog,
         n_weight_updates=m.n_weight_updates,

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .estimators import prior_parameters, prior_weight_decay
+
 
 def build_optimizer(cfg, params: Iterable[torch.nn.Parameter], device: torch.device,
                     prior: Iterable[torch.Tensor] = (), weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -41,6 +43,17 @@ def build_optimizer(cfg, params: Iterable[torch.nn.Parameter], device: torch.dev
         for p in params:
             optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
     return optimizer
+
+
+def map_optimizer(cfg, named_parameters: Iterable[tuple[str, torch.nn.Parameter]], n_train: int, device: torch.device,
+                  model_axes: int = 0, others: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` of a MAP objective over `named_parameters` (and `others`, which
+    the weight prior does not cover): p(theta) of `cfg.prior` on the parameters `prior.scope` names
+    among them, as weight decay precision / N (AEVB §5). `model_axes`: as in `prior_parameters`."""
+    named = list(named_parameters)
+    prior = prior_parameters(named, cfg.prior.scope, model_axes)
+    return build_optimizer(cfg.optimizer, [*(p for _, p in named), *others], device, prior,
+                           prior_weight_decay(cfg.prior.precision, n_train))
 
 
 class NonFiniteGuard:

@@ -19,10 +19,10 @@ from typing import ClassVar
 import torch
 
 from . import generators
-from .estimators import map_objective, prior_parameters, prior_weight_decay
+from .estimators import map_objective
 from .generators import Generator
 from .models import VAE
-from .optimizers import build_optimizer
+from .optimizers import map_optimizer
 
 
 @dataclass
@@ -79,10 +79,9 @@ class WakeSleep:
 
 def build(cfg, model: VAE, n_train: int, device: torch.device) -> WakeSleep:
     """Wake-sleep with one optimizer per phase, both of the `optimizer` group (PAPER.md §9)."""
-    decay = prior_weight_decay(cfg.prior.precision, n_train)
-
-    def optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
-        prior = prior_parameters(net.named_parameters(), cfg.prior.scope, model.model_axes)
-        return build_optimizer(cfg.optimizer, net.parameters(), device, prior, decay)
-
-    return WakeSleep(model=model, wake_optimizer=optimizer(model.decoder), sleep_optimizer=optimizer(model.encoder), n_train=n_train)
+    return WakeSleep(
+        model=model,
+        wake_optimizer=map_optimizer(cfg, model.decoder.named_parameters(), n_train, device, model.model_axes),
+        sleep_optimizer=map_optimizer(cfg, model.encoder.named_parameters(), n_train, device, model.model_axes),
+        n_train=n_train,
+    )
