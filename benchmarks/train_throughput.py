@@ -3,17 +3,19 @@
 Three things are timed side by side in one process, interleaved over rounds (medians reported), at
 the paper's MNIST model (784-500-Nz, Nz=20, tanh, Bernoulli decoder) for each minibatch size M:
 
-- `vae-cli`: the package's own code path — `aevb.build` (SGVB B + MAP objective, fused Adagrad),
-  `train.next_minibatch` and `Dataset.minibatch` — exactly what `vae-train` runs per step.
+- `vae-cli`: the package's own code path — `aevb.build` (SGVB B + MAP objective, fused Adagrad) and
+  `train.training_step` (the minibatch, the update, the divergence guard over every gradient and
+  the bound) — exactly what `vae-train` runs per step; `vae-cli compiled` is the same with
+  `trainer.compile=true` (compiled before the timing; the time it took is printed).
 - `examples`: the loop of pytorch/examples' VAE written here as a reference (TensorDataset +
   shuffling DataLoader, nn.Module with sigmoid output, BCE on probabilities + KLD summed,
   Adagrad with PyTorch's default implementation, `loss.item()` every step).
 - `gemm bound`: the matrix products of one step alone at the model's shapes (forward, and the
   input and weight gradients of backward), timed back to back: no model can step faster.
 
-Then, unless `--no-rss`, the peak resident memory of a real `vae-train` run on all of MNIST (the
-console script in a child process, 10^5 samples with its evaluations of the whole train and test
-sets, checkpoints and figures), against the target of 1 GB.
+Then, unless `--no-rss`, the peak resident memory of real `vae-train` runs on all of MNIST, eager
+and compiled (the console script in a child process, 10^5 samples with its evaluations of the whole
+train and test sets, checkpoints and figures), against the target of 1 GB.
 
 Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N] [--no-rss]
 Prints datapoints/s, the ratio of vae-cli to the examples loop and vae-cli's share of the bound.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,20 +39,22 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vae_cli import aevb
 from vae_cli.data import Dataset, load_dataset
-from vae_cli.train import Progress, next_minibatch
+from vae_cli.optimizers import NonFiniteGuard
+from vae_cli.train import Progress, optimizers_of, training_step
 
 D, H, J = 784, 500, 20
 
 
-def mnist_or_noise(n: int) -> torch.Tensor:
-    """Real MNIST training pixels when the data folder is available, else uniform noise of that shape."""
+def mnist_or_noise(n: int, overrides: tuple[str, ...] = ()) -> torch.Tensor:
+    """Real MNIST training pixels when the data folder is available, else uniform noise of that shape;
+    and vae-train's config for the benchmark's model, with `overrides`."""
     from hydra import compose, initialize_config_module
 
     from vae_cli.config import register_configs
 
     register_configs()
     with initialize_config_module(config_module="vae_cli.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"model.latent_dim={J}"])
+        cfg = compose("train", overrides=[f"model.latent_dim={J}", *overrides])
     try:
         return load_dataset(cfg.dataset, torch.device("cpu")).train[:n], cfg
     except Exception as e:  # noqa: BLE001 - a benchmark falls back to noise of the same shape
@@ -109,13 +112,12 @@ def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int, n_models: int = 
     model, _ = build_models(lambda g: build_vae(D, J, [H], "bernoulli", 0.01, g), seed, n_models)
     method = aevb.build(cfg, model, data.n_train, torch.device("cpu"))
     progress, generators = Progress(), training_generators(seed, n_models, torch.device("cpu"))
-    window = torch.zeros((), dtype=torch.float64)
+    guard = NonFiniteGuard(optimizers_of(method), skip=False, device=torch.device("cpu"))
 
     def step() -> None:
-        nonlocal window
-        idx = next_minibatch(progress, data, batch_size, generators["data"])
-        bounds = method.step(data.minibatch(idx, generators["noise"]), idx, generators["noise"])
-        window += bounds.sum()  # the loop's running bound, read only every progress_every steps
+        training_step(method, data, progress, generators, batch_size, guard)
+        if progress.step % cfg.trainer.progress_every == 0:  # the loop's one host read per progress_every steps
+            guard.collect(progress.step)
 
     return step
 
@@ -149,13 +151,20 @@ def rate(step, batch_size: int, min_seconds: float) -> float:
     return n * batch_size / elapsed
 
 
-def training_run_peak_rss_mib(threads: int | None) -> float:
-    """Peak RSS of one `vae-train` process training the paper's MNIST model (the only child waited for)."""
+def training_run_peak_rss_mib(threads: int | None, *overrides: str) -> float:
+    """Peak RSS of one `vae-train` process training the paper's MNIST model: that child's own resource
+    usage (`wait4`), not the maximum over every child of this process (torch.compile's workers are some)."""
     with tempfile.TemporaryDirectory() as folder:
         args = [str(Path(sys.executable).parent / "vae-train"), "trainer.max_samples=1e5", "trainer.progress=false",
-                f"hydra.run.dir={folder}/run", *([f"trainer.threads={threads}"] if threads else [])]
-        subprocess.run(args, check=True, capture_output=True, text=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+                f"hydra.run.dir={folder}/run", *([f"trainer.threads={threads}"] if threads else []), *overrides]
+        with open(Path(folder) / "stderr", "w+") as err:
+            child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if child.returncode:
+                err.seek(0)
+                raise RuntimeError(f"vae-train exited with {child.returncode}: {err.read()[-500:]}")
+    return usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def interleaved_medians(runners: dict, datapoints: int, rounds: int, seconds: float) -> dict[str, float]:
@@ -184,23 +193,31 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of vae-train")
     args = parse_timing_args(parser, rounds=12)
     train_x, cfg = mnist_or_noise(50_000)
+    _, compiled_cfg = mnist_or_noise(0, ("trainer.compile=true",))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
     for batch_size in args.batch_sizes:
-        runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "examples": examples_runner(train_x, batch_size)}
+        runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "vae-cli compiled": vae_cli_runner(train_x, compiled_cfg, batch_size),
+                   "examples": examples_runner(train_x, batch_size)}
+        start = time.perf_counter()
+        runners["vae-cli compiled"]()  # compiles at its first step
+        compile_seconds = time.perf_counter() - start
         gemm, flops = gemm_runner(batch_size)
         runners["gemm bound"] = gemm
         med = interleaved_medians(runners, batch_size, args.rounds, args.seconds)
         print(f"\nM = {batch_size}  (step GEMMs: {flops / batch_size / 1e6:.2f} MFLOP per datapoint, "
-              f"{med['gemm bound'] * flops / batch_size / 1e9:.0f} GFLOP/s in the bound)")
+              f"{med['gemm bound'] * flops / batch_size / 1e9:.0f} GFLOP/s in the bound; compiling took {compile_seconds:.1f} s)")
         for name, value in med.items():
-            print(f"  {name:<11} {value:>10,.0f} datapoints/s")
-        print(f"  vae-cli / examples loop : {med['vae-cli'] / med['examples']:.2f}x")
-        print(f"  vae-cli / GEMM bound    : {med['vae-cli'] / med['gemm bound']:.2f}")
+            print(f"  {name:<16} {value:>10,.0f} datapoints/s")
+        for name in ("vae-cli", "vae-cli compiled"):
+            print(f"  {name + ' / examples loop':<33}: {med[name] / med['examples']:.2f}x")
+            print(f"  {name + ' / GEMM bound':<33}: {med[name] / med['gemm bound']:.2f}")
     if not args.no_rss:
-        peak = training_run_peak_rss_mib(args.threads)
-        print(f"\npeak RSS of vae-train on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): {peak:,.0f} MiB "
-              f"(target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
+        print()
+        for overrides in ((), ("trainer.compile=true",)):
+            peak = training_run_peak_rss_mib(args.threads, *overrides)
+            print(f"peak RSS of {' '.join(('vae-train', *overrides))} on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): "
+                  f"{peak:,.0f} MiB (target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
 
 
 if __name__ == "__main__":

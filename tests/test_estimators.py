@@ -9,7 +9,7 @@ import torch
 from conftest import compose_config
 from helpers import linear_gaussian_vae, orthogonal_columns, set_exact_posterior_encoder
 from vae_cli import aevb, full_vb, mcem, wake_sleep
-from vae_cli.estimators import map_objective, minibatch_bound, prior_parameters, prior_weight_decay, sgvb_a, sgvb_b
+from vae_cli.estimators import estimate, map_objective, minibatch_bound, prior_parameters, prior_weight_decay, sgvb_a, sgvb_b
 from vae_cli.models import build_vae
 from vae_cli.optimizers import build_optimizer
 
@@ -27,7 +27,7 @@ def _closed_form_elbo(model, x):
 
 def _draws(estimator, model, x, n_draws, g):
     """n_draws independent single-sample estimates per datapoint, (S, M), in one batched call."""
-    return estimator(model, x.repeat(n_draws, 1), 1, g).view(n_draws, x.shape[0])
+    return estimate(estimator, model, x.repeat(n_draws, 1), 1, g).view(n_draws, x.shape[0])
 
 
 def _random_encoder(model, g):
@@ -47,7 +47,7 @@ def test_both_estimators_equal_the_closed_form_elbo_of_a_linear_gaussian_decoder
             se = draws.std(0) / math.sqrt(draws.shape[0])
             assert ((draws.mean(0) - exact).abs() < 4 * se).all(), (estimator.__name__, draws.mean(0), exact, se)
             # and the L-sample average is the same estimator with L times less variance
-            big_l = estimator(model, x, 20_000, g)
+            big_l = estimate(estimator, model, x, 20_000, g)
             assert ((big_l - exact).abs() < 4 * draws.std(0) / math.sqrt(20_000)).all()
 
 
@@ -71,7 +71,7 @@ def test_sgvb_a_is_exactly_log_p_x_when_q_is_the_true_posterior():
     exact = model.decoder.exact_log_marginal(x)
     with torch.no_grad():
         for _ in range(3):
-            torch.testing.assert_close(sgvb_a(model, x, 5, g), exact, rtol=0, atol=1e-9)
+            torch.testing.assert_close(estimate(sgvb_a, model, x, 5, g), exact, rtol=0, atol=1e-9)
         # B at the optimum: KL(q || p(z)) is exact, E log p(x|z) estimated; mean over draws is log p(x)
         b = _draws(sgvb_b, model, x, 20_000, g)
     assert ((b.mean(0) - exact).abs() < 4 * b.std(0) / math.sqrt(20_000)).all()
@@ -113,7 +113,7 @@ def test_aevb_steps_follow_the_gradient_of_eq8_plus_the_weight_prior(optimizer, 
     for batch in x:
         method.step(batch, torch.arange(8), ours_noise)
         log_prior = -0.5 * precision * sum((p**2).sum() for p in covered) if covered else torch.zeros(())
-        objective = minibatch_bound(sgvb_b(reference, batch, 1, their_noise), n_train) / n_train + log_prior / n_train
+        objective = minibatch_bound(estimate(sgvb_b, reference, batch, 1, their_noise), n_train) / n_train + log_prior / n_train
         by_hand.zero_grad()
         (-objective).backward()
         by_hand.step()

@@ -419,9 +419,29 @@ def test_a_skipped_update_leaves_parameters_and_optimizer_state_exactly_as_they_
             guard.observe(torch.zeros(2))
         return p.detach(), opt.state_dict()["state"], guard.collect(len(sequence))
 
-    p_skip, state_skip, (bad, first) = run([nan, grads[0], nan, grads[1], grads[2]], True)
+    p_skip, state_skip, report = run([nan, grads[0], nan, grads[1], grads[2]], True)
     p_ref, state_ref, _ = run(grads, True)
-    assert (bad, first) == (2, 1)
+    assert (report.bad, report.first_bad) == (2, 1)
     assert torch.equal(p_skip, p_ref)
     for key, value in state_ref[0].items():
         assert torch.equal(state_skip[0][key], value), key
+
+
+def test_the_guard_reports_the_first_bad_step_and_the_mean_bound_of_the_others_past_its_buffer():
+    """Five steps through a buffer of two: step 3 has a NaN bound, step 5 an infinite gradient."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    guard = NonFiniteGuard([opt], skip=False, device=torch.device("cpu"), capacity=2)
+    bounds = [torch.tensor([-1.0, -3.0]), torch.tensor([-5.0, -7.0]), torch.tensor([-1.0, float("nan")]),
+              torch.tensor([-2.0, -4.0]), torch.tensor([-9.0, -9.0])]
+    for i, b in enumerate(bounds):
+        p.grad = torch.tensor([1.0, float("inf") if i == 4 else 1.0, 1.0])
+        opt.step()
+        guard.observe(b)
+    report = guard.collect(step=15)  # steps 11..15
+    assert (report.bad, report.first_bad) == (2, 13)
+    assert report.mean_bound == pytest.approx((-1 - 3 - 5 - 7 - 2 - 4) / 6)
+    p.grad = torch.ones(3)
+    opt.step()
+    guard.observe(torch.tensor([-0.5, -1.5]))
+    assert guard.collect(step=16) == type(report)(0, None, -1.0)  # the buffers start again empty

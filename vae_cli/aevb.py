@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from .estimators import Estimator, get_estimator, map_objective
+from .estimators import Estimator, compiled, get_estimator, map_objective, noise
 from .models import VAE
 from .optimizers import map_optimizer
 
@@ -31,7 +31,8 @@ class AEVB:
     has_encoder: ClassVar[bool] = True
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        bounds = self.estimator(self.model, x, self.n_samples, generator)  # (M,), eq. (6) or (7)
+        eps = noise(self.model, x, self.n_samples, generator)  # eps ~ p(eps) (Algorithm 1)
+        bounds = self.estimator(self.model, x, eps)  # (M,), eq. (6) or (7)
         objective = map_objective(bounds, self.n_train)  # eq. (8) / N (a stack: summed over models); + log p(theta) / N in the optimizer
         self.optimizer.zero_grad(set_to_none=True)
         (-objective).backward()  # gradient ascent on the bound (Algorithm 1)
@@ -46,11 +47,13 @@ class AEVB:
 
 
 def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
-    """AEVB over the encoder's phi and the decoder's theta jointly (AEVB §5)."""
+    """AEVB over the encoder's phi and the decoder's theta jointly (AEVB §5); `trainer.compile`
+    compiles its estimator."""
+    estimator = get_estimator(cfg.estimator.name)
     return AEVB(
         model=model,
         optimizer=map_optimizer(cfg, model.named_parameters(), n_train, device, model.model_axes),
-        estimator=get_estimator(cfg.estimator.name),
+        estimator=compiled(estimator) if cfg.trainer.compile else estimator,
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,
     )

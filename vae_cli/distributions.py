@@ -44,7 +44,10 @@ class DiagonalGaussian:
         Returns `(n_samples, *mean.shape)`; gradients flow to `mean` and `log_var`.
         """
         shape = (n_samples, *self.mean.shape)  # a stack's model axis is 1 here
-        eps = generators.randn(shape, generator, 1, self.mean.device, self.mean.dtype)
+        return self.reparameterize(generators.randn(shape, generator, 1, self.mean.device, self.mean.dtype))
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = g_phi(eps, x) = mean + sigma * eps for given noise eps ~ N(0, I), (L, *mean.shape) (AEVB §2.4)."""
         return self.mean + self.std * eps
 
     def sample(self, generator: Generator | None) -> torch.Tensor:

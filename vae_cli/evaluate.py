@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .estimators import get_estimator
+from .estimators import estimate, get_estimator
 from .marginal_likelihood import AppendixDSettings, appendix_d
 
 
@@ -30,8 +30,8 @@ class BoundEstimate:
 @torch.no_grad()
 def bounds_per_datapoint(model, x: torch.Tensor, estimator: str, n_samples: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """One SGVB estimate of the bound for each row of `x`, (n,), in float64, evaluated in batches."""
-    estimate = get_estimator(estimator)
-    return torch.cat([estimate(model, batch, n_samples, generator) for batch in x.split(batch_size)]).double()
+    sgvb = get_estimator(estimator)
+    return torch.cat([estimate(sgvb, model, batch, n_samples, generator) for batch in x.split(batch_size)]).double()
 
 
 @torch.no_grad()  # HMC takes its gradients in z under its own enable_grad

@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .distributions import LOG_2PI
-from .estimators import Estimator, get_estimator, map_objective
+from .estimators import Estimator, estimate, get_estimator, map_objective
 from .evaluate import BoundEstimate, bounds_per_datapoint, evaluate_bound, average
 from .models import VAE
 from .optimizers import map_optimizer
@@ -133,7 +133,7 @@ def sgvb_full_vb(model: VAE, posterior: ParameterPosterior, x: torch.Tensor, est
     datapoints. The mean over the minibatch is (1/N) x eq. (22)/(24), an unbiased estimate of L(phi; X) / N.
     """
     theta = posterior.rsample(generator)
-    bounds = estimator(model_at(model, theta), x, n_samples, generator)  # (M,)
+    bounds = estimate(estimator, model_at(model, theta), x, n_samples, generator)  # (M,)
     return bounds + parameter_term(posterior, theta, precision, kl) / n_train
 
 

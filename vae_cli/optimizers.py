@@ -11,7 +11,9 @@ enters as weight decay on the parameters it covers (AEVB §5, `estimators.prior_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -56,55 +58,75 @@ def map_optimizer(cfg, named_parameters: Iterable[tuple[str, torch.nn.Parameter]
                            prior_weight_decay(cfg.prior.precision, n_train))
 
 
+@dataclass
+class StepsReport:
+    """What `NonFiniteGuard.collect` read back about the steps since its last call."""
+
+    bad: int  # steps with a non-finite bound or gradient
+    first_bad: int | None  # the number of the first of them
+    mean_bound: float | None  # mean per-datapoint bound over the other steps (None if there were none)
+
+
 class NonFiniteGuard:
-    """Flags each update whose minibatch bound or gradient is non-finite, without a host sync.
+    """Flags each update whose minibatch bound or gradient is non-finite, and keeps the running bound,
+    all on the device: two kernels a step and no host sync.
 
     Before every `step()` of the watched optimizers it checks all gradients on the device (the
-    kernel torch's AMP gradient scaler uses); `observe(bounds)` after the method's step adds the
-    bound. With `skip=True` an update with a non-finite gradient is skipped: fused optimizers take
-    the flag as `found_inf` and leave parameters and state untouched on the device (as under AMP);
-    the others (foreach, on CUDA) read the flag on the host each step and drop the gradients, as
-    AMP's scaler does for them. A non-finite bound always gives non-finite gradients here (NaN and
-    inf propagate through backward), so it is skipped too. Without `skip`, `collect()` is the one
-    host sync, once every `trainer.progress_every` steps.
+    kernel torch's AMP gradient scaler uses), writing this step's flag into a buffer; `observe(bounds)`
+    after the method's step writes the bound's sum (float64: a sum of float32 values is non-finite
+    exactly when one of them is) beside it. With `skip=True` an update with a non-finite gradient is
+    skipped: fused optimizers take the flag as `found_inf` and leave parameters and state untouched
+    on the device (as under AMP); the others (foreach, on CUDA) read the flag on the host each step
+    and drop the gradients, as AMP's scaler does for them. A non-finite bound always gives non-finite
+    gradients here (NaN and inf propagate through backward), so it is skipped too. `collect()` reads
+    the buffers back, the one host sync, once every `trainer.progress_every` steps.
     """
 
-    def __init__(self, optimizers: Iterable[torch.optim.Optimizer], skip: bool, device: torch.device):
+    def __init__(self, optimizers: Iterable[torch.optim.Optimizer], skip: bool, device: torch.device, capacity: int = 64):
         self.skip = skip
         self._one = torch.ones((), device=device)
-        self._bad_steps = torch.zeros((), device=device, dtype=torch.int64)  # steps with a non-finite bound or gradient
-        self._clean_steps = torch.zeros((), device=device, dtype=torch.int64)  # steps before the first of them
-        self._step_bad = torch.zeros((), device=device, dtype=torch.bool)
+        self._optimizers = list(optimizers)
+        self._params = {id(o): [p for group in o.param_groups for p in group["params"]] for o in self._optimizers}
+        self._found = torch.zeros(capacity, len(self._optimizers), device=device)  # step i, optimizer j: 1 if a gradient was non-finite
+        self._sums = torch.zeros(capacity, device=device, dtype=torch.float64)  # step i: sum of its per-datapoint bounds
+        self._points = 0  # datapoints a step's bound sums over
         self._pending = 0  # steps observed since the last collect()
-        for optimizer in optimizers:
-            optimizer.register_step_pre_hook(self._check_gradients)
+        for j, optimizer in enumerate(self._optimizers):
+            optimizer.register_step_pre_hook(functools.partial(self._check_gradients, j))
 
-    def _check_gradients(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        found = torch.zeros((), device=self._one.device)
+    def _make_room(self) -> None:
+        if self._pending == len(self._sums):  # more steps than the buffers hold between two collects: grow them
+            self._found = torch.cat([self._found, torch.zeros_like(self._found)])
+            self._sums = torch.cat([self._sums, torch.zeros_like(self._sums)])
+
+    def _check_gradients(self, j: int, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        self._make_room()
+        found = self._found[self._pending, j]  # several updates of one step (MCEM's M-step) share it
+        grads = [p.grad for p in self._params[id(optimizer)] if p.grad is not None]
         if grads:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)  # found = 1 if any is non-finite
-        self._step_bad |= found.bool()
         if self.skip and getattr(optimizer, "_step_supports_amp_scaling", False):
             optimizer.found_inf = found  # fused kernels skip the whole update on the device
         elif self.skip and found.item():  # host sync: only optimizers without the fused kernel
-            for p in (p for group in optimizer.param_groups for p in group["params"]):
+            for p in self._params[id(optimizer)]:
                 p.grad = None
 
     def observe(self, bounds: torch.Tensor) -> None:
         """Count the step just taken, whose per-datapoint bounds are `bounds`."""
-        bad = self._step_bad | ~torch.isfinite(bounds).all()
-        self._bad_steps += bad
-        self._clean_steps += self._bad_steps == 0
-        self._step_bad = torch.zeros_like(self._step_bad)
+        self._make_room()
+        torch.sum(bounds.detach().flatten(), 0, dtype=torch.float64, out=self._sums[self._pending])
+        self._points = bounds.numel()
         self._pending += 1
 
-    def collect(self, step: int) -> tuple[int, int | None]:
-        """(steps with a non-finite bound or gradient since the last call, the number of the first
-        of them or None), given `step`, the number of the last step taken; resets the counters."""
-        bad, clean = self._bad_steps.item(), self._clean_steps.item()
-        first = step - self._pending + clean + 1 if bad else None
-        self._bad_steps.zero_()
-        self._clean_steps.zero_()
+    def collect(self, step: int) -> StepsReport:
+        """The steps since the last call, given `step`, the number of the last step taken; resets."""
+        n = self._pending
+        sums, found = self._sums[:n], self._found[:n]
+        bad = ~torch.isfinite(sums) | (found > 0).any(1)
+        n_bad = int(bad.sum().item())
+        first = step - n + 1 + int(bad.int().argmax().item()) if n_bad else None
+        good = n - n_bad
+        mean = torch.where(bad, 0, sums).sum().item() / (good * self._points) if good else None
+        self._found.zero_()
         self._pending = 0
-        return bad, first
+        return StepsReport(n_bad, first, mean)

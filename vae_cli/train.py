@@ -59,6 +59,18 @@ class Progress:
     skipped: int = 0  # updates skipped for a non-finite bound or gradient (trainer.on_nan=skip_batch)
 
 
+def training_step(method, data: Dataset, progress: Progress, generators: dict[str, Generator], batch_size: int,
+                  guard: NonFiniteGuard) -> None:
+    """One update of Algorithm 1 as the loop takes it (and `benchmarks/train_throughput.py` times it):
+    draw X^M, let the method update on it, hand its bounds to the divergence guard."""
+    idx = next_minibatch(progress, data, batch_size, generators["data"])
+    x = data.minibatch(idx, generators["noise"])
+    bounds = method.step(x, idx, generators["noise"])
+    guard.observe(bounds)
+    progress.step += 1
+    progress.samples += batch_size
+
+
 def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA GPU is visible to torch; use device=cpu or device=auto")
@@ -258,19 +270,15 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
 
     bar = tqdm(total=max_samples, initial=progress.samples, unit="dp", unit_scale=True, dynamic_ncols=True,
                disable=not t.progress, desc=f"{cfg.method.name} {data.name} Nz={cfg.model.latent_dim}")
-    window_sum, window_n = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.int64)
     clock, last_eval = time.perf_counter(), (time.perf_counter(), progress.samples)
 
     def refresh() -> None:  # one host sync per `progress_every` steps
-        nonlocal window_sum, window_n
-        n_bad, first_bad = guard.collect(progress.step)
-        if n_bad and not guard.skip:
-            raise _diverged("the bound or a gradient", first_bad, first_bad * batch_size, cfg, run_dir)
-        progress.skipped += n_bad
-        if window_n.item():
-            running = window_sum.item() / window_n.item()
-            bar.set_postfix({"bound" if method.has_encoder else "log p(x,z)": f"{running:.2f}"}, refresh=False)
-            window_sum, window_n = torch.zeros_like(window_sum), torch.zeros_like(window_n)
+        steps = guard.collect(progress.step)
+        if steps.bad and not guard.skip:
+            raise _diverged("the bound or a gradient", steps.first_bad, steps.first_bad * batch_size, cfg, run_dir)
+        progress.skipped += steps.bad
+        if steps.mean_bound is not None:
+            bar.set_postfix({"bound" if method.has_encoder else "log p(x,z)": f"{steps.mean_bound:.2f}"}, refresh=False)
         bar.update(progress.samples - bar.n)
 
     def wall() -> float:
@@ -311,15 +319,7 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
                 if stop.requested:
                     raise RunStopped(f"{stop.signal_name}: saved a checkpoint at step {progress.step} ({progress.samples} samples) "
                                      f"in {checkpoint}; resume with: {resume_command}", stop.exit_code)
-            idx = next_minibatch(progress, data, batch_size, generators["data"])
-            x = data.minibatch(idx, generators["noise"])
-            bounds = method.step(x, idx, generators["noise"])  # one update of Algorithm 1
-            guard.observe(bounds)
-            finite = torch.isfinite(bounds)
-            window_sum += torch.where(finite, bounds, 0).sum()
-            window_n += finite.sum()
-            progress.step += 1
-            progress.samples += batch_size
+            training_step(method, data, progress, generators, batch_size, guard)
             if progress.step % t.progress_every == 0:
                 refresh()
         refresh()
