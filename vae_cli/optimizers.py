@@ -85,13 +85,13 @@ class NonFiniteGuard:
     def __init__(self, optimizers: Iterable[torch.optim.Optimizer], skip: bool, device: torch.device, capacity: int = 64):
         self.skip = skip
         self._one = torch.ones((), device=device)
-        self._optimizers = list(optimizers)
-        self._params = {id(o): [p for group in o.param_groups for p in group["params"]] for o in self._optimizers}
-        self._found = torch.zeros(capacity, len(self._optimizers), device=device)  # step i, optimizer j: 1 if a gradient was non-finite
+        optimizers = list(optimizers)
+        self._params = [[p for group in o.param_groups for p in group["params"]] for o in optimizers]  # optimizer j's
+        self._found = torch.zeros(capacity, len(optimizers), device=device)  # step i, optimizer j: 1 if a gradient was non-finite
         self._sums = torch.zeros(capacity, device=device, dtype=torch.float64)  # step i: sum of its per-datapoint bounds
         self._points = 0  # datapoints a step's bound sums over
         self._pending = 0  # steps observed since the last collect()
-        for j, optimizer in enumerate(self._optimizers):
+        for j, optimizer in enumerate(optimizers):
             optimizer.register_step_pre_hook(functools.partial(self._check_gradients, j))
 
     def _make_room(self) -> None:
@@ -102,13 +102,13 @@ class NonFiniteGuard:
     def _check_gradients(self, j: int, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         self._make_room()
         found = self._found[self._pending, j]  # several updates of one step (MCEM's M-step) share it
-        grads = [p.grad for p in self._params[id(optimizer)] if p.grad is not None]
+        grads = [p.grad for p in self._params[j] if p.grad is not None]
         if grads:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)  # found = 1 if any is non-finite
         if self.skip and getattr(optimizer, "_step_supports_amp_scaling", False):
             optimizer.found_inf = found  # fused kernels skip the whole update on the device
         elif self.skip and found.item():  # host sync: only optimizers without the fused kernel
-            for p in self._params[id(optimizer)]:
+            for p in self._params[j]:
                 p.grad = None
 
     def observe(self, bounds: torch.Tensor) -> None:
