@@ -101,6 +101,7 @@ PREPARE = {
     "foreign checkpoint": lambda tmp, run, data: _copy_run(tmp, run, lambda p: p.write_bytes(b"not a checkpoint")),
     "missing checkpoint": lambda tmp, run, data: _copy_run(tmp, run, lambda p: p.unlink()),
     "checkpoint format 99": lambda tmp, run, data: _copy_run(tmp, run, _edit_checkpoint(lambda s: s.update(format_version=99))),
+    "checkpoint format 1": lambda tmp, run, data: _copy_run(tmp, run, _edit_checkpoint(lambda s: s.update(format_version=1))),
     "checkpoint of another decoder": lambda tmp, run, data: _copy_run(
         tmp, run, _edit_checkpoint(lambda s: s["config"]["model"].update(decoder="bernoulli"))),
     "checkpoint of other shapes": lambda tmp, run, data: _copy_run(tmp, run, _edit_checkpoint(_layer_shapes)),
@@ -149,6 +150,8 @@ BAD_INPUTS = [  # (arguments, the words of the one line, preparation)
     (["resume_from={run}"], "checkpoints/last.pt is not a readable vae-cli checkpoint (UnpicklingError)", "foreign checkpoint"),
     (["resume_from={run}"], "checkpoints/last.pt is missing, so the run in {run} cannot continue", "missing checkpoint"),
     (["resume_from={run}"], f"has checkpoint format 99, this vae-cli reads format {CHECKPOINT_FORMAT}", "checkpoint format 99"),
+    (["resume_from={run}"], "has checkpoint format 1, this vae-cli reads format 2; its model can still be evaluated (vae-eval, vae-report); "
+                            "to train further start a new run", "checkpoint format 1"),
     (["resume_from={run}"], "was written by a run with model.decoder='bernoulli', not 'gaussian_sigmoid'", "checkpoint of another decoder"),
     (["resume_from={run}"], "does not fit the requested model (size mismatch for", "checkpoint of other shapes"),
     (["resume_from={run}"], "metrics.jsonl is not a vae-cli metrics file (JSONDecodeError)", "garbled metrics"),

@@ -31,7 +31,7 @@ from .data import load_dataset
 from .errors import UserError
 from .marginal_likelihood import ESTIMATORS, Estimate, concat
 from .models import build_vae
-from .runs import ADDED_KEYS, CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
+from .runs import ADDED_KEYS, CHECKPOINT_FILE, MODEL_FORMATS, atomic_write_bytes, load_checkpoint
 from .stacked import member_state
 from .train import select_device
 
@@ -44,7 +44,7 @@ def read_run(run_dir: Path, device: torch.device) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"run_dir={run_dir} is not a folder; point run_dir= at a vae-train run folder (outputs/<date>/<time>)")
     path = run_dir / CHECKPOINT_FILE
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=device, formats=MODEL_FORMATS)  # the model's weights read the same in each
     config = state.get("config")
     if not isinstance(state.get("model"), dict) or not isinstance(config, dict) or not {"model", "dataset"} <= config.keys():
         raise UserError(f"{path} lacks the saved config or model weights vae-eval needs; evaluate a run written by vae-train")

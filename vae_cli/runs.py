@@ -26,6 +26,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 CHECKPOINT_FORMAT = 2  # 2: optimizers hold the weight prior's parameters as their first group
+MODEL_FORMATS = (1, 2)  # formats whose model weights this version reads (evaluation); only CHECKPOINT_FORMAT resumes
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
@@ -215,8 +216,9 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load with weights_only=True (no code runs); refuse unknown formats with one line."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", formats: tuple[int, ...] = (CHECKPOINT_FORMAT,)) -> dict:
+    """Load with weights_only=True (no code runs); refuse formats outside `formats` with one line
+    (training resumes CHECKPOINT_FORMAT only; evaluation reads every one of MODEL_FORMATS)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; point at a run folder that holds checkpoints/last.pt")
@@ -225,6 +227,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise UserError(f"{path} is not a readable vae-cli checkpoint ({type(e).__name__}); restore it or train again") from None
     version = state.get("format_version") if isinstance(state, dict) else None
-    if version != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} has checkpoint format {version!r}, this vae-cli reads format {CHECKPOINT_FORMAT}; use a matching vae-cli version")
+    if version not in formats:
+        fix = ("its model can still be evaluated (vae-eval, vae-report); to train further start a new run"
+               if version in MODEL_FORMATS else "use a matching vae-cli version")
+        raise UserError(f"{path} has checkpoint format {version!r}, this vae-cli reads format {' or '.join(map(str, formats))}; {fix}")
     return state
