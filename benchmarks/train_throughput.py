@@ -45,16 +45,21 @@ from vae_cli.train import Progress, optimizers_of, training_step
 D, H, J = 784, 500, 20
 
 
-def mnist_or_noise(n: int, overrides: tuple[str, ...] = ()) -> torch.Tensor:
-    """Real MNIST training pixels when the data folder is available, else uniform noise of that shape;
-    and vae-train's config for the benchmark's model, with `overrides`."""
+def train_config(*overrides: str):
+    """vae-train's config for the benchmark's model (N_z = J), with `overrides`."""
     from hydra import compose, initialize_config_module
 
     from vae_cli.config import register_configs
 
     register_configs()
     with initialize_config_module(config_module="vae_cli.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"model.latent_dim={J}", *overrides])
+        return compose("train", overrides=[f"model.latent_dim={J}", *overrides])
+
+
+def mnist_or_noise(n: int) -> tuple[torch.Tensor, object]:
+    """Real MNIST training pixels when the data folder is available, else uniform noise of that shape;
+    and vae-train's config for the benchmark's model."""
+    cfg = train_config()
     try:
         return load_dataset(cfg.dataset, torch.device("cpu")).train[:n], cfg
     except Exception as e:  # noqa: BLE001 - a benchmark falls back to noise of the same shape
@@ -193,7 +198,7 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of vae-train")
     args = parse_timing_args(parser, rounds=12)
     train_x, cfg = mnist_or_noise(50_000)
-    _, compiled_cfg = mnist_or_noise(0, ("trainer.compile=true",))
+    compiled_cfg = train_config("trainer.compile=true")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
     for batch_size in args.batch_sizes:
