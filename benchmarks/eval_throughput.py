@@ -29,6 +29,7 @@ import torch
 from vae_cli.evaluate import evaluate_bound
 from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealing_schedule, iwae
 from vae_cli.models import build_vae
+from vae_cli.train import configure_cpu
 
 
 def load_model_and_points(run_dir: str | None, n: int, use_data: bool = True):
@@ -141,13 +142,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--keep-denormals", action="store_true", help="as vae-eval flush_denormals=false")
     parser.add_argument("--rss-probe", choices=["baseline", "chunked", "unchunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads, flush_denormals=not args.keep_denormals)  # as vae-eval, before torch's threads start
     if args.rss_probe:
         return rss_probe(args.rss_probe, args.run_dir)
     model, x = load_model_and_points(args.run_dir, 1000)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), subnormals {'kept' if args.keep_denormals else 'flushed'}, "
+          f"load average {os.getloadavg()[0]:.1f}, "
           f"model 784-500-20 ({'trained' if args.run_dir else 'random init'}), {'MNIST test' if os.environ.get('VAE_CLI_DATA') else 'random'} inputs")
     g = torch.Generator().manual_seed(0)
 

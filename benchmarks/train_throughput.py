@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from vae_cli import aevb
 from vae_cli.data import Dataset, load_dataset
 from vae_cli.optimizers import NonFiniteGuard
-from vae_cli.train import Progress, optimizers_of, training_step
+from vae_cli.train import Progress, configure_cpu, optimizers_of, training_step
 
 D, H, J = 784, 500, 20
 
@@ -182,13 +182,15 @@ def interleaved_medians(runners: dict, datapoints: int, rounds: int, seconds: fl
 
 
 def parse_timing_args(parser: argparse.ArgumentParser, rounds: int) -> argparse.Namespace:
-    """The options every training benchmark takes (--rounds, --seconds, --threads), parsed and applied."""
+    """The options every training benchmark takes (--rounds, --seconds, --threads, --keep-denormals),
+    parsed and applied as vae-train applies them, before torch starts its threads."""
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="as trainer.flush_denormals=false: every runner computes on subnormal floats")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads, flush_denormals=not args.keep_denormals)
     return args
 
 
@@ -199,8 +201,9 @@ def main() -> None:
     args = parse_timing_args(parser, rounds=12)
     train_x, cfg = mnist_or_noise(50_000)
     compiled_cfg = train_config("trainer.compile=true")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
-          f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, subnormals "
+          f"{'kept' if args.keep_denormals else 'flushed'}; MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; "
+          f"{args.rounds} interleaved rounds, medians")
     for batch_size in args.batch_sizes:
         runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "vae-cli compiled": vae_cli_runner(train_x, compiled_cfg, batch_size),
                    "examples": examples_runner(train_x, batch_size)}
@@ -219,7 +222,8 @@ def main() -> None:
             print(f"  {name + ' / GEMM bound':<33}: {med[name] / med['gemm bound']:.2f}")
     if not args.no_rss:
         print()
-        for overrides in ((), ("trainer.compile=true",)):
+        kept = ("trainer.flush_denormals=false",) if args.keep_denormals else ()
+        for overrides in (kept, (*kept, "trainer.compile=true")):
             peak = training_run_peak_rss_mib(args.threads, *overrides)
             print(f"peak RSS of {' '.join(('vae-train', *overrides))} on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): "
                   f"{peak:,.0f} MiB (target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")

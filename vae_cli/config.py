@@ -119,6 +119,7 @@ class TrainerConfig:
     loglik_points: int = 1000  # first training and test points of that estimate (AEVB App. E: 1000)
     n_models: int = 1  # K models of seeds s..s+K-1 trained as one stack (stacked.py); aevb and wake_sleep
     compile: bool = False  # torch.compile the SGVB estimator of the training step (aevb); numbers agree to rounding
+    flush_denormals: bool = True  # CPU: subnormal floats (|v| < 1.2e-38) read and written as 0 (`train.configure_cpu`)
 
 
 @dataclass
@@ -166,6 +167,7 @@ class EvalConfig:
     seed: int = 0  # the estimator's noise
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default
+    flush_denormals: bool = True  # CPU: subnormal floats read and written as 0 (`train.configure_cpu`)
     theta_draws: int = 0  # full-VB runs: 0 evaluates at theta = q(theta)'s mean; K averages over K draws theta ~ q
     member: int = 0  # stack runs (trainer.n_models=K): which model, 0..K-1 (trained as seed s + member)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)

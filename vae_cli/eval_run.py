@@ -33,7 +33,7 @@ from .marginal_likelihood import ESTIMATORS, Estimate, concat
 from .models import build_vae
 from .runs import ADDED_KEYS, CHECKPOINT_FILE, MODEL_FORMATS, atomic_write_bytes, load_checkpoint
 from .stacked import member_state
-from .train import select_device
+from .train import configure_cpu, select_device
 
 EVAL_DIR = "eval"
 RELIABLE_LATENT_DIM = 4  # AEVB App. D: reliable below 5 latent dimensions
@@ -216,8 +216,7 @@ def print_table(s: dict) -> None:
 def evaluate(cfg) -> dict:
     """One vae-eval job: check everything, estimate, print, write; returns the summary."""
     validate_eval(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads, cfg.flush_denormals)
     device = select_device(cfg.device)
     run_dir = Path(cfg.run_dir).expanduser()
     state = read_run(run_dir, device)

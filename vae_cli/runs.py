@@ -34,11 +34,11 @@ WALL_CLOCK_FIELDS = ("wall_seconds", "samples_per_second")  # the only fields th
 # Keys a resumed run may change without changing what it computes.
 RESUMABLE_CHANGES = {
     "trainer.resume", "trainer.max_samples", "trainer.progress", "trainer.progress_every",
-    "trainer.threads", "trainer.compile", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
+    "trainer.threads", "trainer.compile", "trainer.flush_denormals", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
     "dataset.download", "device", "logger.name", "trainer.on_nan", "trainer.on_existing",
 }
 # Keys added after runs were written: a saved config without one ran with this value.
-ADDED_KEYS = {"trainer.n_models": 1, "trainer.compile": False}
+ADDED_KEYS = {"trainer.n_models": 1, "trainer.compile": False, "trainer.flush_denormals": False}
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write_bytes writes before its rename
 
 
