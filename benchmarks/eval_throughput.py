@@ -168,7 +168,8 @@ def main() -> None:
           f"   (default T=500: {scale / fast:.3f} points/s)")
 
     probe = lambda mode: float(subprocess.run([sys.executable, __file__, "--rss-probe", mode, "--threads", str(args.threads)]  # noqa: E731
-                                              + (["--run-dir", args.run_dir] if args.run_dir else []),
+                                              + (["--run-dir", args.run_dir] if args.run_dir else [])
+                                              + (["--keep-denormals"] if args.keep_denormals else []),
                                               capture_output=True, text=True, check=True).stdout.strip())
     base, chunked, unchunked = probe("baseline"), probe("chunked"), probe("unchunked")
     print(f"iwae peak RSS, 20 points, k=5000: chunks of 100 {chunked - base:7.0f} MiB above the bare process, "
