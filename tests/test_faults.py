@@ -243,6 +243,25 @@ def test_a_kill_between_the_metrics_write_and_the_checkpoint_write_resumes_exact
     assert_same_run(run, straight_run)  # the row at 3000 was dropped and recomputed, identically
 
 
+def test_a_kill_after_the_last_checkpoint_before_the_figures_leaves_a_run_that_draws_them_on_resume(tmp_path, shared_data, monkeypatch, capsys):
+    def killed(*args, **kwargs):
+        raise SimulatedKill
+
+    draw = train_module.save_run_figures
+    monkeypatch.setattr(train_module, "save_run_figures", killed)
+    with pytest.raises(SimulatedKill):
+        _train(tmp_path, "run", "trainer.max_samples=2e3", "trainer.figures=true", data_root=shared_data)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / CHECKPOINT_FILE)["progress"]["samples"] == 2000 and read_metrics(run)[-1]["samples"] == 2000
+    assert not (run / "figures" / "samples.png").exists()
+    monkeypatch.setattr(train_module, "save_run_figures", draw)
+    _train(tmp_path, "run", "trainer.max_samples=2e3", "trainer.figures=true", "trainer.resume=true", data_root=shared_data)
+    assert "finished already (2000 samples); wrote its missing figures" in capsys.readouterr().out
+    _train(tmp_path, "straight", "trainer.max_samples=2e3", "trainer.figures=true", data_root=shared_data)
+    assert sorted(p.name for p in (tmp_path / "straight" / "figures").iterdir()) == ["reconstructions.png", "samples.png"]
+    assert_same_run(run, tmp_path / "straight")  # the figures byte for byte too
+
+
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_and_resumes_exactly(tmp_path, shared_data, straight_run, monkeypatch):
     write = runs.atomic_write_bytes
 

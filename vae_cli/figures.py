@@ -42,14 +42,18 @@ def save_grid(images: torch.Tensor, image_shape: tuple[int, int], n_cols: int, p
     return path
 
 
+def figure_paths(fig_dir: Path, reconstructions: bool = True) -> list[Path]:
+    """The files `save_run_figures` writes into `fig_dir`."""
+    return [fig_dir / name for name in (["reconstructions.png"] if reconstructions else []) + ["samples.png"]]
+
+
 @torch.no_grad()
 def save_run_figures(model, data, fig_dir: Path, generator: torch.Generator, reconstructions: bool = True) -> list[Path]:
     """reconstructions.png (test images above their decoded means; only for a model whose encoder
     was trained) and samples.png (10x10 prior draws)."""
     x = data.test[:10]
     z = torch.randn((100, model.latent_dim), generator=generator, device=x.device)
-    paths = []
+    grids = [model.decoder(z).mean]
     if reconstructions:
-        x_hat = model.decoder(model.encoder(x).mean).mean
-        paths.append(save_grid(torch.cat([x, x_hat]), data.image_shape, 10, fig_dir / "reconstructions.png"))
-    return paths + [save_grid(model.decoder(z).mean, data.image_shape, 10, fig_dir / "samples.png")]
+        grids.insert(0, torch.cat([x, model.decoder(model.encoder(x).mean).mean]))
+    return [save_grid(g, data.image_shape, 10, path) for g, path in zip(grids, figure_paths(fig_dir, reconstructions))]

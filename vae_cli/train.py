@@ -33,7 +33,7 @@ from .config import to_container, validate
 from .data import Dataset, load_dataset
 from .errors import RunStopped, UserError
 from .evaluate import evaluate_bound, evaluate_loglik, evaluation_generator
-from .figures import save_run_figures
+from .figures import figure_paths, save_run_figures
 from .generators import Generator, randperm, training_generators
 from .models import build_vae
 from .optimizers import NonFiniteGuard
@@ -272,7 +272,11 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
                             f"set trainer.max_samples= to at least {progress.samples}")
         metrics.resume(progress.samples)  # rows past the checkpoint are recomputed, identically
         if progress.samples >= max_samples and metrics.rows and metrics.rows[-1]["samples"] >= max_samples:
-            print(f"{run_dir}: finished already ({progress.samples} samples), nothing to do")
+            if t.figures and not all(p.is_file() for p in figure_paths(run_dir / "figures", method.has_encoder)):
+                _save_figures(run_dir, cfg, method, members, data, device)  # killed after its last checkpoint, before them
+                print(f"{run_dir}: finished already ({progress.samples} samples); wrote its missing figures")
+            else:
+                print(f"{run_dir}: finished already ({progress.samples} samples), nothing to do")
             return _summary(run_dir, progress, metrics, run_dir / CHECKPOINT_FILE)
     if resume:
         save_config(run_dir, to_container(cfg))  # with this resumption's budget, device, ...
@@ -344,15 +348,20 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     checkpoint = _checkpoint(run_dir, cfg, model, method, progress, generators)
     if tb:
         tb.close()
-    drawn = method.model if members is None else stacked.load_members(method.model, members)[0]  # a stack: model 0's
-    figures = save_run_figures(drawn, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
-                               reconstructions=method.has_encoder) if t.figures else []
+    figures = _save_figures(run_dir, cfg, method, members, data, device) if t.figures else []
     print(f"metrics:    {metrics.path}\ncheckpoint: {checkpoint}")
     if figures:
         print(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
     if progress.skipped:
         print(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
     return _summary(run_dir, progress, metrics, checkpoint)
+
+
+def _save_figures(run_dir: Path, cfg, method, members, data: Dataset, device: torch.device) -> list[Path]:
+    """The trained model's figures (a stack: model 0's), from a generator of the seed alone."""
+    drawn = method.model if members is None else stacked.load_members(method.model, members)[0]
+    return save_run_figures(drawn, data, run_dir / "figures", evaluation_generator(device, cfg.seed, -1),
+                            reconstructions=method.has_encoder)
 
 
 def _summary(run_dir: Path, progress: Progress, metrics: MetricsLog, checkpoint: Path) -> dict:
