@@ -11,6 +11,7 @@ import yaml
 
 from conftest import compose_config
 from vae_cli.config import validate
+from vae_cli.runs import RESUMABLE_CHANGES
 
 SCRIPT = Path(sys.executable).parent / "vae-train"
 PRESETS = ["fig2_mnist", "fig2_frey", "fig3", "fig4", "fig5"]
@@ -97,3 +98,12 @@ def test_the_slurm_preset_requeues_timed_out_jobs_and_takes_overrides():
                      part="hydra")["hydra"]["launcher"]
     assert slurm["_target_"].endswith("SlurmLauncher") and slurm["partition"] == "gpu" and slurm["cpus_per_task"] == 8
     assert slurm["max_num_timeout"] > 0 and slurm["gpus_per_node"] == 1 and slurm["timeout_min"] == 720
+
+
+def test_sweep_folders_are_named_without_the_keys_a_relaunch_may_change():
+    """A relaunched sweep finds its jobs' folders again (trainer.on_existing=continue) whatever it changes among
+    the keys a resumed run may change: none of them is part of a job folder's name."""
+    train_yaml = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "train.yaml").read_text())
+    excluded = set(train_yaml["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"])
+    as_overridden = {"logger.name": "logger"}  # a config group is overridden by its own name
+    assert {as_overridden.get(k, k) for k in RESUMABLE_CHANGES} <= excluded
