@@ -9,7 +9,7 @@ Measured side by side in one run and printed as ratios:
 4. the test-set lower bound (`evaluate_bound`, estimator B, L=1, the trainer's evaluation) and
    IWAE against a roofline: the time of their matrix products alone at the model's shapes.
 
-Usage: python benchmarks/eval_throughput.py [--threads 1] [--run-dir outputs/<date>/<time>]
+Usage: python benchmarks/eval_throughput.py [--threads 1] [--keep-denormals] [--run-dir outputs/<date>/<time>]
 Without --run-dir the model has the paper's random initialisation; with VAE_CLI_DATA set the
 inputs are MNIST test images, otherwise uniform grey levels.
 """
@@ -25,11 +25,11 @@ import sys
 import time
 
 import torch
+from train_throughput import parse_cpu_args
 
 from vae_cli.evaluate import evaluate_bound
 from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealing_schedule, iwae
 from vae_cli.models import build_vae
-from vae_cli.train import configure_cpu
 
 
 def load_model_and_points(run_dir: str | None, n: int, use_data: bool = True):
@@ -140,16 +140,13 @@ def peak_rss_mib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run-dir", default=None)
-    parser.add_argument("--keep-denormals", action="store_true", help="as vae-eval flush_denormals=false")
     parser.add_argument("--rss-probe", choices=["baseline", "chunked", "unchunked"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    configure_cpu(args.threads, flush_denormals=not args.keep_denormals)  # as vae-eval, before torch's threads start
+    args = parse_cpu_args(parser, threads=1)
     if args.rss_probe:
         return rss_probe(args.rss_probe, args.run_dir)
     model, x = load_model_and_points(args.run_dir, 1000)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), subnormals {'kept' if args.keep_denormals else 'flushed'}, "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.subnormals}, "
           f"load average {os.getloadavg()[0]:.1f}, "
           f"model 784-500-20 ({'trained' if args.run_dir else 'random init'}), {'MNIST test' if os.environ.get('VAE_CLI_DATA') else 'random'} inputs")
     g = torch.Generator().manual_seed(0)

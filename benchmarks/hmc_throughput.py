@@ -8,7 +8,7 @@ with random weights and random binary x (the speed does not depend on the values
 - an MCEM step (`vae_cli.mcem.MCEM.step`: the E-step above plus 5 Adagrad updates of theta), against
   the same step with its E-step run datapoint by datapoint.
 The ratio batched / loop is the figure (the issue's target: >= 20x for the kernel at batch 100).
-Usage: python benchmarks/hmc_throughput.py [--threads 1] [--repeats 3]
+Usage: python benchmarks/hmc_throughput.py [--threads 1] [--keep-denormals] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import argparse
 import time
 
 import torch
+from train_throughput import parse_cpu_args
 
 from vae_cli import mcem
 from vae_cli.hmc import adapt_step_size, hmc_step, init_state
 from vae_cli.models import build_vae
-from vae_cli.train import configure_cpu
 
 DATA_DIM, LATENT_DIM, HIDDEN, N_LEAPFROG, N_WEIGHT_UPDATES = 784, 3, [100], 10, 5  # AEVB §5, App. E
 
@@ -88,14 +88,11 @@ def mcem_loop_step(method, x, idx, g):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--keep-denormals", action="store_true", help="as trainer.flush_denormals=false")
-    args = parser.parse_args()
-    configure_cpu(args.threads, flush_denormals=not args.keep_denormals)  # as vae-train, before torch's threads start
+    args = parse_cpu_args(parser)
     g = torch.Generator().manual_seed(0)
     model = build_vae(DATA_DIM, LATENT_DIM, HIDDEN, "bernoulli", 0.1, g)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, subnormals {'kept' if args.keep_denormals else 'flushed'}; decoder {LATENT_DIM}-{HIDDEN[0]}-{DATA_DIM}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.subnormals}; decoder {LATENT_DIM}-{HIDDEN[0]}-{DATA_DIM}, "
           f"{N_LEAPFROG} leapfrog steps, {N_WEIGHT_UPDATES} weight updates; datapoints/s (best of {args.repeats})")
     print(f"{'what':<34}{'batch':>6}{'batched':>12}{'loop':>12}{'ratio':>9}")
     for batch in (100, 1000):

@@ -31,8 +31,8 @@ def main() -> None:
     args = parse_timing_args(parser, rounds=8)
     train_x, cfg = mnist_or_noise(50_000)
     M = args.batch_size
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, subnormals "
-          f"{'kept' if args.keep_denormals else 'flushed'}; MNIST model {D}-{H}-{J}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
+          f"MNIST model {D}-{H}-{J}, "
           f"Adagrad, SGVB B, L=1, M={M}; {args.rounds} interleaved rounds, medians")
     print(f"{'K':>3} {'stack dp/s per model':>21} {'separate dp/s per model':>24} {'stack / separate':>17}")
     for k in args.models:

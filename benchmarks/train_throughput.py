@@ -17,7 +17,7 @@ Then, unless `--no-rss`, the peak resident memory of real `vae-train` runs on al
 and compiled (the console script in a child process, 10^5 samples with its evaluations of the whole
 train and test sets, checkpoints and figures), against the target of 1 GB.
 
-Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N] [--no-rss]
+Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N] [--keep-denormals] [--no-rss]
 Prints datapoints/s, the ratio of vae-cli to the examples loop and vae-cli's share of the bound.
 """
 
@@ -181,17 +181,23 @@ def interleaved_medians(runners: dict, datapoints: int, rounds: int, seconds: fl
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def parse_timing_args(parser: argparse.ArgumentParser, rounds: int) -> argparse.Namespace:
-    """The options every training benchmark takes (--rounds, --seconds, --threads, --keep-denormals),
-    parsed and applied as vae-train applies them, before torch starts its threads."""
-    parser.add_argument("--rounds", type=int, default=rounds)
-    parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
-    parser.add_argument("--threads", type=int, default=None)
+def parse_cpu_args(parser: argparse.ArgumentParser, threads: int | None = None) -> argparse.Namespace:
+    """The CPU options every benchmark takes (--threads, --keep-denormals), parsed and applied as
+    vae-train and vae-eval apply them (`train.configure_cpu`), before torch starts its threads."""
+    parser.add_argument("--threads", type=int, default=threads, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="as trainer.flush_denormals=false: every runner computes on subnormal floats")
     args = parser.parse_args()
     configure_cpu(args.threads, flush_denormals=not args.keep_denormals)
+    args.subnormals = "subnormals kept" if args.keep_denormals else "subnormals flushed"  # for the header line
     return args
+
+
+def parse_timing_args(parser: argparse.ArgumentParser, rounds: int) -> argparse.Namespace:
+    """The options every training benchmark takes: --rounds, --seconds and the CPU options."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seconds", type=float, default=0.5, help="time per implementation per round")
+    return parse_cpu_args(parser)
 
 
 def main() -> None:
@@ -201,9 +207,8 @@ def main() -> None:
     args = parse_timing_args(parser, rounds=12)
     train_x, cfg = mnist_or_noise(50_000)
     compiled_cfg = train_config("trainer.compile=true")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, subnormals "
-          f"{'kept' if args.keep_denormals else 'flushed'}; MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; "
-          f"{args.rounds} interleaved rounds, medians")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
+          f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
     for batch_size in args.batch_sizes:
         runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "vae-cli compiled": vae_cli_runner(train_x, compiled_cfg, batch_size),
                    "examples": examples_runner(train_x, batch_size)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,16 +18,8 @@ from vae_cli.train import evaluation_points
 # After `train` (or `configure_cpu`) in a fresh process: how many of 2^22 subnormals survive x * 1 on
 # torch's threads (0 if every thread flushes them).
 SUBNORMAL_PROBE = "import torch; print(int((torch.full((1 << 22,), 1e-39) * 1.0).count_nonzero()))"
-TRAIN_THEN_PROBE = """
-import sys
-from hydra import compose, initialize_config_module
-from vae_cli.config import register_configs
-from vae_cli.train import train
-register_configs()
-with initialize_config_module(config_module="vae_cli.conf", version_base="1.3"):
-    cfg = compose("train", overrides=sys.argv[2:])
-train(cfg, run_dir=sys.argv[1])
-"""
+TRAIN_THEN_PROBE = "import sys; from conftest import compose_config; from vae_cli.train import train; " \
+                   "train(compose_config(sys.argv[2:]), run_dir=sys.argv[1])"
 
 
 def subnormal_float32(w: torch.Tensor) -> torch.Tensor:
@@ -37,7 +30,8 @@ def subnormal_float32(w: torch.Tensor) -> torch.Tensor:
 
 
 def in_fresh_process(code: str, *args: str) -> int:
-    out = subprocess.run([sys.executable, "-c", code + "\n" + SUBNORMAL_PROBE, *args], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code + "\n" + SUBNORMAL_PROBE, *args], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent)  # where conftest is
     assert out.returncode == 0, out.stderr[-2000:]
     return int(out.stdout.split()[-1])
 
