@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batch-size", type=int, default=100)
     args = parse_timing_args(parser, rounds=8)
-    train_x, cfg = mnist_or_noise(50_000)
+    train_x, cfg, _ = mnist_or_noise(50_000)
     M = args.batch_size
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
           f"MNIST model {D}-{H}-{J}, "
