@@ -1,9 +1,10 @@
 """Training throughput of a stack of K models (`trainer.n_models=K`) against K separate runs' steps.
 
-For each K, two things are timed side by side in one process, interleaved over rounds (medians
-reported), at the paper's MNIST model (784-500-20, tanh, Bernoulli decoder, SGVB B, L = 1, Adagrad),
-both on the package's own code path (`train_throughput.vae_cli_runner`: `aevb.build`,
-`train.next_minibatch`, `Dataset.minibatch`, exactly what `vae-train` runs per step):
+For each K, two things are timed side by side in one process, interleaved over rounds (rates:
+medians; ratios: the median of each round's ratio, with its range), at the paper's MNIST model
+(784-500-20, tanh, Bernoulli decoder, SGVB B, L = 1, Adagrad), both on the package's own code
+path (`train_throughput.vae_cli_runner`: `aevb.build`, `train.next_minibatch`, `Dataset.minibatch`,
+exactly what `vae-train` runs per step):
 
 - `stack`: one step of a stack of K models (seeds 0..K-1): batched matmuls over the model axis;
 - `separate`: one step of each of K single-model runs (seeds 0..K-1), one after another, as K
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 import torch
 
-from train_throughput import D, H, J, interleaved_medians, mnist_or_noise, parse_timing_args, vae_cli_runner
+from train_throughput import D, H, J, interleaved_rates, mnist_or_noise, parse_timing_args, per_round_ratio, vae_cli_runner
 
 
 def main() -> None:
@@ -33,14 +35,15 @@ def main() -> None:
     M = args.batch_size
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
           f"MNIST model {D}-{H}-{J}, "
-          f"Adagrad, SGVB B, L=1, M={M}; {args.rounds} interleaved rounds, medians")
+          f"Adagrad, SGVB B, L=1, M={M}; {args.rounds} interleaved rounds, median rates, ratios per round")
     print(f"{'K':>3} {'stack dp/s per model':>21} {'separate dp/s per model':>24} {'stack / separate':>17}")
     for k in args.models:
         stack = vae_cli_runner(train_x, cfg, M, n_models=k)
         singles = [vae_cli_runner(train_x, cfg, M, seed=s) for s in range(k)]
         runners = {"stack": stack, "separate": lambda: [step() for step in singles]}
-        med = {name: value / k for name, value in interleaved_medians(runners, k * M, args.rounds, args.seconds).items()}  # per model
-        print(f"{k:>3} {med['stack']:>21,.0f} {med['separate']:>24,.0f} {med['stack'] / med['separate']:>16.2f}x")
+        rates = interleaved_rates(runners, k * M, args.rounds, args.seconds)
+        med = {name: statistics.median(r) / k for name, r in rates.items()}  # per model
+        print(f"{k:>3} {med['stack']:>21,.0f} {med['separate']:>24,.0f}   {per_round_ratio(rates, 'stack', 'separate', 'x')}")
 
 
 if __name__ == "__main__":

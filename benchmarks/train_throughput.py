@@ -1,7 +1,8 @@
 """Training-step throughput of vae-train against a pytorch/examples-style loop and the GEMM bound.
 
-Three things are timed side by side in one process, interleaved over rounds (medians reported), at
-the paper's MNIST model (784-500-Nz, Nz=20, tanh, Bernoulli decoder) for each minibatch size M:
+Three things are timed side by side in one process, interleaved over rounds (rates: medians;
+ratios: the median of each round's ratio, with its range), at the paper's MNIST model
+(784-500-Nz, Nz=20, tanh, Bernoulli decoder) for each minibatch size M:
 
 - `vae-cli`: the package's own code path — `aevb.build` (SGVB B + MAP objective, fused Adagrad) and
   `train.training_step` (the minibatch, the update, the divergence guard over every gradient and
@@ -174,13 +175,21 @@ def training_run_peak_rss_mib(threads: int | None, *overrides: str) -> float:
     return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def interleaved_medians(runners: dict, datapoints: int, rounds: int, seconds: float) -> dict[str, float]:
-    """Median datapoints/s of each runner (each call handles `datapoints`), timed in turn every round."""
+def interleaved_rates(runners: dict, datapoints: int, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Datapoints/s of each runner (each call handles `datapoints`) in every round, timed in turn."""
     rates = {name: [] for name in runners}
     for _ in range(rounds):
         for name, step in runners.items():
             rates[name].append(rate(step, datapoints, seconds))
-    return {name: statistics.median(r) for name, r in rates.items()}
+    return rates
+
+
+def per_round_ratio(rates: dict[str, list[float]], a: str, b: str, unit: str = "") -> str:
+    """The median over rounds of runner a's rate over runner b's in the same round, with the lowest
+    and the highest. Runners of one round are timed seconds apart, so a machine whose speed drifts
+    over minutes (a shared host) moves both sides of each ratio together."""
+    ratios = sorted(x / y for x, y in zip(rates[a], rates[b], strict=True))
+    return f"{statistics.median(ratios):.2f}{unit}  (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def parse_cpu_args(parser: argparse.ArgumentParser, threads: int | None = None) -> argparse.Namespace:
@@ -210,7 +219,7 @@ def main() -> None:
     train_x, cfg, found = mnist_or_noise(50_000)
     compiled_cfg = train_config("trainer.compile=true")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
-          f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, medians")
+          f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, median rates, ratios per round")
     for batch_size in args.batch_sizes:
         runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "vae-cli compiled": vae_cli_runner(train_x, compiled_cfg, batch_size),
                    "examples": examples_runner(train_x, batch_size)}
@@ -219,14 +228,15 @@ def main() -> None:
         compile_seconds = time.perf_counter() - start
         gemm, flops = gemm_runner(batch_size)
         runners["gemm bound"] = gemm
-        med = interleaved_medians(runners, batch_size, args.rounds, args.seconds)
+        rates = interleaved_rates(runners, batch_size, args.rounds, args.seconds)
+        med = {name: statistics.median(r) for name, r in rates.items()}
         print(f"\nM = {batch_size}  (step GEMMs: {flops / batch_size / 1e6:.2f} MFLOP per datapoint, "
               f"{med['gemm bound'] * flops / batch_size / 1e9:.0f} GFLOP/s in the bound; compiling took {compile_seconds:.1f} s)")
         for name, value in med.items():
             print(f"  {name:<16} {value:>10,.0f} datapoints/s")
         for name in ("vae-cli", "vae-cli compiled"):
-            print(f"  {name + ' / examples loop':<33}: {med[name] / med['examples']:.2f}x")
-            print(f"  {name + ' / GEMM bound':<33}: {med[name] / med['gemm bound']:.2f}")
+            print(f"  {name + ' / examples loop':<33}: {per_round_ratio(rates, name, 'examples', 'x')}")
+            print(f"  {name + ' / GEMM bound':<33}: {per_round_ratio(rates, name, 'gemm bound')}")
     if not args.no_rss and not found:
         print("\npeak RSS not measured: vae-train needs the MNIST files (set VAE_CLI_DATA, or pass --no-rss)")
     elif not args.no_rss:
