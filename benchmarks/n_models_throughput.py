@@ -43,7 +43,7 @@ def main() -> None:
         runners = {"stack": stack, "separate": lambda: [step() for step in singles]}
         rates = interleaved_rates(runners, k * M, args.rounds, args.seconds)
         med = {name: statistics.median(r) / k for name, r in rates.items()}  # per model
-        print(f"{k:>3} {med['stack']:>21,.0f} {med['separate']:>24,.0f}   {per_round_ratio(rates, 'stack', 'separate', 'x')}")
+        print(f"{k:>3} {med['stack']:>21,.0f} {med['separate']:>24,.0f}   {per_round_ratio(rates, 'stack', 'separate', 'x', 1.0)}")
 
 
 if __name__ == "__main__":
