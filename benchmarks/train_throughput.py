@@ -243,15 +243,17 @@ def main() -> None:
             targets = TARGETS.get(batch_size, {})
             print(f"  {name + ' / examples loop':<33}: {per_round_ratio(rates, name, 'examples', 'x', targets.get('examples'))}")
             print(f"  {name + ' / GEMM bound':<33}: {per_round_ratio(rates, name, 'gemm bound', '', targets.get('gemm bound'))}")
-    if not args.no_rss and not found:
+    if args.no_rss:
+        return
+    if not found:
         print("\npeak RSS not measured: vae-train needs the MNIST files (set VAE_CLI_DATA, or pass --no-rss)")
-    elif not args.no_rss:
-        print()
-        kept = ("trainer.flush_denormals=false",) if args.keep_denormals else ()
-        for overrides in (kept, (*kept, "trainer.compile=true")):
-            peak = training_run_peak_rss_mib(args.threads, *overrides)
-            print(f"peak RSS of {' '.join(('vae-train', *overrides))} on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): "
-                  f"{peak:,.0f} MiB (target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
+        return
+    print()
+    kept = ("trainer.flush_denormals=false",) if args.keep_denormals else ()
+    for overrides in (kept, (*kept, "trainer.compile=true")):
+        peak = training_run_peak_rss_mib(args.threads, *overrides)
+        print(f"peak RSS of {' '.join(('vae-train', *overrides))} on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): "
+              f"{peak:,.0f} MiB (target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from conftest import compose_config
 from helpers import SHORT, run_training, straight_and_resumed, without_wall_clock
 from vae_cli.errors import UserError
-from vae_cli.runs import load_checkpoint, read_metrics
+from vae_cli.runs import CHECKPOINT_FILE, load_checkpoint, read_metrics
 from vae_cli.train import evaluation_points
 
 # After `train` (or `configure_cpu`) in a fresh process: how many of 2^22 subnormals survive x * 1 on
@@ -53,7 +53,7 @@ def test_flushing_subnormals_reaches_every_thread_of_vae_train_and_changes_no_bo
         args = [f"dataset.root={shared_data}", *SHORT, "trainer.max_samples=3e4", "trainer.threads=2", f"trainer.flush_denormals={flush}"]
         surviving = in_fresh_process(TRAIN_THEN_PROBE, str(run), *args)
         assert surviving == (0 if flush else 1 << 22)
-        weights[flush] = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+        weights[flush] = load_checkpoint(run / CHECKPOINT_FILE)["model"]
         rows[flush] = without_wall_clock(read_metrics(run))
     assert sum(int(subnormal_float32(w).sum()) for w in weights[False].values()) > 1000
     assert not any(subnormal_float32(w).any() for w in weights[True].values())
@@ -84,7 +84,7 @@ def test_a_short_mnist_run_raises_the_test_bound_and_writes_its_folder(tmp_path,
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "figures" / "samples.png").is_file()
     assert (run / "figures" / "reconstructions.png").is_file()
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    state = load_checkpoint(run / CHECKPOINT_FILE)
     assert state["progress"]["samples"] == 30_000 == summary["samples"]
 
 

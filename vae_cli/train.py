@@ -76,8 +76,9 @@ def configure_cpu(threads: int | None, flush_denormals: bool) -> None:
     writes subnormal floats (|v| < 1.2e-38 in float32) as 0 (x86's FTZ and DAZ flags).
 
     The weight prior p(theta) pulls the weights of pixels that are never lit (MNIST's border) toward 0,
-    into the subnormal range; x86 cores compute on subnormals through a slow microcode path, which made
-    Adagrad's step 3x slower and the whole training step 1.3x slower (README, Choices). Flushing
+    into the subnormal range; some x86 cores compute on subnormals through a slow microcode path, which
+    made Adagrad's step 3x slower and the whole training step 1.3x slower on an Intel Xeon (an AMD EPYC
+    showed no cost; README, Choices). Flushing
     changes no bound: those weights multiply pixels that are 0, and a subnormal is 1e-38 next to
     the O(1) terms it would be added to. Worker threads take the flags when they start, so this must run
     before torch's first parallel operation, as vae-train and vae-eval call it; in a process whose
