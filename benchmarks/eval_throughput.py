@@ -5,7 +5,11 @@ Measured side by side in one run and printed as ratios:
    here (a Python loop over the k samples of one datapoint at a time);
 2. `ais`: datapoints/s of the batched estimator (all chains of a batch of datapoints at once)
    against a naive one (one chain of one datapoint at a time), at the same number of steps;
-3. peak memory (RSS, each in a fresh process) of the chunked IWAE against the unchunked one;
+3. IWAE's automatic chunk (`samples_per_chunk`: tensors of 16 MiB) against chunks of 100 samples
+   (the former default: 31 MB tensors at 100 points, which glibc's malloc may map afresh from the
+   OS each time: the page faults are printed), each in a fresh process since the allocator's state
+   depends on what ran before; and peak memory (RSS, each in a fresh process) of the chunked IWAE
+   at 20 and 1000 points against the unchunked one;
 4. the test-set lower bound (`evaluate_bound`, estimator B, L=1, the trainer's evaluation) and
    IWAE against a roofline: the time of their matrix products alone at the model's shapes.
 
@@ -28,7 +32,7 @@ import torch
 from train_throughput import parse_cpu_args
 
 from vae_cli.evaluate import evaluate_bound
-from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealing_schedule, iwae
+from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealing_schedule, iwae, samples_per_chunk
 from vae_cli.models import build_vae
 
 
@@ -118,14 +122,28 @@ def layer_shapes(rows: int, encoder_rows: int) -> list[tuple[int, int, int]]:
     return [(encoder_rows, 784, 500), (encoder_rows, 500, 40), (rows, 20, 500), (rows, 500, 784)]
 
 
+RSS_PROBES = {"baseline": (20, 0), "chunked": (20, 5000), "chunked-1000": (1000, 200), "unchunked": (20, 5000)}  # mode: points, k
+CHUNK_PROBES = {"auto": None, "100": 100}  # mode: IWAE's chunk_size
+
+
 def rss_probe(mode: str, run_dir: str | None) -> None:
     """Child process: run one IWAE batch (or nothing) and print the peak RSS in MiB. The inputs are
     random pixels, so reading the data set does not set the peak."""
-    model, x = load_model_and_points(run_dir, 20, use_data=False)
+    points, k = RSS_PROBES[mode]  # the chunked peak does not depend on k: 200 keeps the 1000 points quick
+    model, x = load_model_and_points(run_dir, points, use_data=False)
     if mode != "baseline":
-        chunk = 100 if mode == "chunked" else 5000
-        iwae(model, x, IWAESettings(k=5000, chunk_size=chunk), torch.Generator().manual_seed(0))
+        chunk = k if mode == "unchunked" else None  # None: the automatic chunk
+        iwae(model, x, IWAESettings(k=k, chunk_size=chunk), torch.Generator().manual_seed(0))
     print(peak_rss_mib())
+
+
+def chunk_probe(mode: str, run_dir: str | None) -> None:
+    """Child process, so that neither chunking inherits the other's heap: IWAE (k=2000) of 100 points
+    with `chunk_size` CHUNK_PROBES[mode]; prints points/s and the minor page faults of that call."""
+    model, x = load_model_and_points(run_dir, 100)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = timed(lambda: iwae(model, x, IWAESettings(k=2000, chunk_size=CHUNK_PROBES[mode]), torch.Generator().manual_seed(0)))
+    print(100 / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def peak_rss_mib() -> float:
@@ -141,10 +159,13 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=None)
-    parser.add_argument("--rss-probe", choices=["baseline", "chunked", "unchunked"], help=argparse.SUPPRESS)
+    parser.add_argument("--rss-probe", choices=list(RSS_PROBES), help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-probe", choices=list(CHUNK_PROBES), help=argparse.SUPPRESS)
     args = parse_cpu_args(parser, threads=1)
     if args.rss_probe:
         return rss_probe(args.rss_probe, args.run_dir)
+    if args.chunk_probe:
+        return chunk_probe(args.chunk_probe, args.run_dir)
     model, x = load_model_and_points(args.run_dir, 1000)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.subnormals}, "
           f"load average {os.getloadavg()[0]:.1f}, "
@@ -164,13 +185,21 @@ def main() -> None:
     print(f"ais T=50, 16 chains  {1 / fast:9.2f} points/s   naive loop {1 / slow:7.3f} points/s   speed-up {slow / fast:6.0f}x"
           f"   (default T=500: {scale / fast:.3f} points/s)")
 
-    probe = lambda mode: float(subprocess.run([sys.executable, __file__, "--rss-probe", mode, "--threads", str(args.threads)]  # noqa: E731
-                                              + (["--run-dir", args.run_dir] if args.run_dir else [])
-                                              + (["--keep-denormals"] if args.keep_denormals else []),
-                                              capture_output=True, text=True, check=True).stdout.strip())
-    base, chunked, unchunked = probe("baseline"), probe("chunked"), probe("unchunked")
-    print(f"iwae peak RSS, 20 points, k=5000: chunks of 100 {chunked - base:7.0f} MiB above the bare process, "
-          f"unchunked {unchunked - base:7.0f} MiB ({(unchunked - base) / max(chunked - base, 1):.0f}x)")
+    def probe(flag: str, mode: str) -> list[float]:
+        """What a fresh process of this script prints with `flag mode` and this run's options."""
+        options = ["--threads", str(args.threads), *(["--run-dir", args.run_dir] if args.run_dir else []),
+                   *(["--keep-denormals"] if args.keep_denormals else [])]
+        out = subprocess.run([sys.executable, __file__, flag, mode, *options], capture_output=True, text=True, check=True)
+        return [float(v) for v in out.stdout.split()]
+
+    (auto, auto_faults), (fixed, fixed_faults) = (probe("--chunk-probe", mode) for mode in CHUNK_PROBES)
+    print(f"iwae k=2000, 100 points, each in a fresh process: automatic chunk ({samples_per_chunk(None, x[:100])} samples) "
+          f"{auto:.2f} points/s, {auto_faults:,.0f} page faults; chunks of 100 samples {fixed:.2f} points/s, "
+          f"{fixed_faults:,.0f} page faults: {auto / fixed:.2f}x")
+    base, chunked, chunked_1000, unchunked = (probe("--rss-probe", mode)[0] for mode in RSS_PROBES)
+    print(f"iwae peak RSS above the bare process: automatic chunk {chunked - base:5.0f} MiB at 20 points (k=5000) and "
+          f"{chunked_1000 - base:5.0f} MiB at 1000 (k=200); unchunked {unchunked - base:5.0f} MiB at 20 points (k=5000) "
+          f"({(unchunked - base) / max(chunked - base, 1):.0f}x)")
 
     bound = timed(lambda: evaluate_bound(model, x, "sgvb_b", 1, 1000, g), repeat=3)
     roof = matmul_roofline(layer_shapes(1000, 1000), repeat=3)

@@ -14,8 +14,8 @@ import torch
 from helpers import linear_gaussian_vae, orthogonal_columns, set_exact_posterior_encoder
 from vae_cli.distributions import DiagonalGaussian, standard_normal_log_prob
 from vae_cli.marginal_likelihood import (
-    AISSettings, AppendixDSettings, ELBOSettings, IWAESettings, ais, annealing_schedule, appendix_d,
-    appendix_d_estimate, chunk_sizes, elbo, fit_gaussian, iwae, log_weights,
+    CHUNK_BYTES, AISSettings, AppendixDSettings, ELBOSettings, IWAESettings, ais, annealing_schedule, appendix_d,
+    appendix_d_estimate, chunk_sizes, elbo, fit_gaussian, iwae, log_weights, samples_per_chunk,
 )
 
 TOL = 4.0  # standard errors
@@ -176,6 +176,26 @@ def test_fit_gaussian_is_the_normal_density_of_the_draws():
 def test_chunks_cover_k_and_break_at_the_curve_points():
     assert chunk_sizes(5000, 300, (1, 10, 100, 1000, 5000)) == [1, 9, 90, 300, 300, 300] + [300] * 13 + [100]
     assert sum(chunk_sizes(5000, 300)) == 5000 and max(chunk_sizes(7, 100)) == 7
+
+
+def test_the_automatic_chunk_keeps_its_tensors_within_the_budget():
+    x = torch.zeros(100, 784)  # 313,600 bytes: 53 copies fit in 16 MiB
+    assert samples_per_chunk(None, x) == 53 and samples_per_chunk(None, x) * x.numel() * 4 <= CHUNK_BYTES
+    assert samples_per_chunk(None, torch.zeros(1000, 784)) == 5 and samples_per_chunk(None, torch.zeros(1, 784)) == 5349
+    assert samples_per_chunk(None, torch.zeros(10_000, 784)) == 1  # never 0, however large the batch
+    assert samples_per_chunk(None, torch.zeros(100, 784, dtype=torch.float64)) == 26
+    assert samples_per_chunk(7, x) == 7  # an explicit chunk_size is kept
+
+
+def test_the_automatic_chunk_is_the_explicit_one_of_its_size():
+    model, x, _, _ = calibration_model(latent_dim=2, seed=24)
+    x = x.repeat(1000, 1)  # (4000, 8) float64: 65 samples a chunk
+    auto = iwae(model, x, IWAESettings(k=500), torch.Generator().manual_seed(1))
+    explicit = iwae(model, x, IWAESettings(k=500, chunk_size=samples_per_chunk(None, x)), torch.Generator().manual_seed(1))
+    other = iwae(model, x, IWAESettings(k=500, chunk_size=7), torch.Generator().manual_seed(1))
+    assert samples_per_chunk(None, x) < 500  # so the chunking shows in the random stream
+    torch.testing.assert_close(auto.log_px, explicit.log_px, rtol=0, atol=0)
+    assert not torch.equal(auto.log_px, other.log_px)
 
 
 def test_the_running_logsumexp_over_chunks_is_the_logsumexp_over_all_weights():

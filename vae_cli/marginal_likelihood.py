@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -60,17 +61,30 @@ def log_mean_exp_summary(lse: torch.Tensor, lse_sq: torch.Tensor, n: int):
 
 # --- ELBO and IWAE: importance sampling from the encoder ------------------------------------------
 
+CHUNK_BYTES = 16 * 2**20  # the automatic chunk: (samples, batch, D) tensors of at most 16 MiB
+
+
 @dataclass
 class ELBOSettings:
     n_samples: int = 1000  # L, samples z ~ q(z|x) per datapoint
-    chunk_size: int = 100  # samples drawn at once: memory ~ chunk_size x batch x D
+    chunk_size: Optional[int] = None  # samples drawn at once (memory ~ chunk_size x batch x D); None: `samples_per_chunk`
 
 
 @dataclass
 class IWAESettings:
     k: int = 5000  # importance samples per datapoint ([Burda2016]: 5000)
-    chunk_size: int = 100  # samples drawn at once: memory ~ chunk_size x batch x D, whatever k
+    chunk_size: Optional[int] = None  # samples drawn at once, whatever k; None: `samples_per_chunk`
     k_curve: bool = False  # also report the estimate after the first 1, 10, 100, 1000, 5000 samples
+
+
+def samples_per_chunk(chunk_size: int | None, x: torch.Tensor) -> int:
+    """`chunk_size`, or if None as many samples as keep a chunk's (samples, batch, D) tensors within
+    CHUNK_BYTES. Larger tensors glibc's malloc maps afresh from the OS each time they are made, and
+    the page faults of touching them made IWAE 1.5x slower with 2 threads at 100 samples x 100 points
+    (31 MB each; README, Choices); within 16 MiB it reuses its own heap."""
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, CHUNK_BYTES // (x.numel() * x.element_size()))  # a chunk's tensors: samples x the bytes of x
 
 
 def chunk_sizes(n: int, chunk_size: int, marks: Sequence[int] = ()) -> list[int]:
@@ -97,7 +111,7 @@ def elbo(model, x: torch.Tensor, settings: ELBOSettings, generator: torch.Genera
     """The lower bound, AEVB eq. (6) with L = n_samples; its standard error is sd(log w) / sqrt(L)."""
     n = settings.n_samples
     total = total_sq = shift = None
-    for lw in log_weights(model, x, chunk_sizes(n, settings.chunk_size), generator):
+    for lw in log_weights(model, x, chunk_sizes(n, samples_per_chunk(settings.chunk_size, x)), generator):
         if shift is None:
             shift, total, total_sq = lw.mean(0), torch.zeros_like(lw[0]), torch.zeros_like(lw[0])
         total += (lw - shift).sum(0)
@@ -110,13 +124,13 @@ def elbo(model, x: torch.Tensor, settings: ELBOSettings, generator: torch.Genera
 @torch.no_grad()
 def iwae(model, x: torch.Tensor, settings: IWAESettings, generator: torch.Generator) -> Estimate:
     """log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) [Burda2016]; a running logsumexp over
-    chunks, so memory is set by `chunk_size`, not k. With `k_curve`, diagnostics `iwae_k<m>` hold
-    the estimate from the first m samples (nested, so the curve is cheap and smooth)."""
+    chunks, so memory is set by the chunk (`samples_per_chunk`), not k. With `k_curve`, diagnostics
+    `iwae_k<m>` hold the estimate from the first m samples (nested, so the curve is cheap and smooth)."""
     k = settings.k
     marks = [m for m in K_CURVE if m < k] + [k] if settings.k_curve else []
     lse = lse_sq = None
     seen, curve = 0, {}
-    for lw in log_weights(model, x, chunk_sizes(k, settings.chunk_size, marks), generator):
+    for lw in log_weights(model, x, chunk_sizes(k, samples_per_chunk(settings.chunk_size, x), marks), generator):
         c_lse, c_sq = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
         lse, lse_sq = (c_lse, c_sq) if lse is None else (torch.logaddexp(lse, c_lse), torch.logaddexp(lse_sq, c_sq))
         seen += lw.shape[0]
