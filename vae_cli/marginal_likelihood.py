@@ -79,9 +79,9 @@ class IWAESettings:
 
 def samples_per_chunk(chunk_size: int | None, x: torch.Tensor) -> int:
     """`chunk_size`, or if None as many samples as keep a chunk's (samples, batch, D) tensors within
-    CHUNK_BYTES. Larger tensors glibc's malloc maps afresh from the OS each time they are made, and
-    the page faults of touching them made IWAE 1.5x slower with 2 threads at 100 samples x 100 points
-    (31 MB each; README, Choices); within 16 MiB it reuses its own heap."""
+    CHUNK_BYTES. Larger tensors glibc's malloc may map afresh from the OS each time they are made, and
+    the page faults of touching them made IWAE over the MNIST test set 1.35x slower with 2 threads at
+    100 samples x 100 points (31 MB each; README, Choices); within 16 MiB it reuses its own heap."""
     if chunk_size is not None:
         return chunk_size
     return max(1, CHUNK_BYTES // (x.numel() * x.element_size()))  # a chunk's tensors: samples x the bytes of x
