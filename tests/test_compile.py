@@ -1,6 +1,5 @@
-"""trainer.compile: the SGVB estimators at given noise, compiled, against the eager ones."""
+"""trainer.compile: AEVB's update compiled as one graph (compiled_update.py) against the eager step."""
 
-import copy
 import os
 import shutil
 
@@ -11,10 +10,12 @@ from conftest import compose_config
 from vae_cli import aevb
 from vae_cli.config import validate
 from vae_cli.errors import UserError
-from vae_cli.estimators import compiled, estimate, noise, sgvb_a, sgvb_b
+from vae_cli.estimators import noise
 from vae_cli.generators import training_generators
 from vae_cli.models import build_vae
+from vae_cli.optimizers import NonFiniteGuard
 from vae_cli.stacked import build_models
+from vae_cli.train import optimizers_of
 
 
 COMPILER = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
@@ -40,37 +41,69 @@ def test_noise_is_the_draw_rsample_makes_for_one_model_and_for_each_model_of_a_s
         torch.testing.assert_close(eps[:, k], alone, rtol=0, atol=0)
 
 
-@needs_compiler
-@pytest.mark.parametrize("estimator", [sgvb_a, sgvb_b], ids=["sgvb_a", "sgvb_b"])
-def test_the_compiled_estimator_gives_the_eager_bounds_and_gradients(estimator):
-    model, x = _model(), torch.rand(16, 30, generator=torch.Generator().manual_seed(2))
-    twin = copy.deepcopy(model)
-    eps = noise(model, x, 2, torch.Generator().manual_seed(3))
-    eager, fast = estimator(model, x, eps), compiled(estimator)(twin, x, eps)
-    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-4)
-    eager.sum().backward()
-    fast.sum().backward()
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        assert q.grad is not None and p.grad.abs().max() > 0, name
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+def _initial(n_models: int):
+    return build_models(lambda g: build_vae(30, 4, [16], "bernoulli", 0.3, g), 4, n_models)[0]
+
+
+def _stepped(overrides: list[str], n_steps: int = 4, poison: int | None = None):
+    """A model of seed 4 (a stack when trainer.n_models > 1) after `n_steps` AEVB steps under `overrides`,
+    the per-step bounds, the optimizer's state dict and the guard's report; step `poison` sees a NaN pixel."""
+    cfg = compose_config(overrides)
+    n_models = cfg.trainer.n_models
+    model = _initial(n_models)
+    method = aevb.build(cfg, model, 1000, torch.device("cpu"))
+    guard = NonFiniteGuard(optimizers_of(method), skip=cfg.trainer.on_nan == "skip_batch", device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    data = torch.rand(n_steps, *([n_models] if n_models > 1 else []), 20, 30, generator=torch.Generator().manual_seed(6))
+    if poison is not None:
+        data[poison, ..., 0, 3] = float("nan")
+    bounds = []
+    for x in data:
+        bounds.append(method.step(x, None, g))
+        guard.observe(bounds[-1], method.nonfinite_gradient)
+    return model, torch.stack(bounds), method.optimizer.state_dict()["state"], guard.collect(n_steps)
 
 
 @needs_compiler
-def test_aevb_with_trainer_compile_takes_the_eager_steps_to_rounding():
-    def steps(compile_: bool):
-        cfg = compose_config([f"trainer.compile={str(compile_).lower()}"])
-        model = _model(seed=4)
-        method = aevb.build(cfg, model, 1000, torch.device("cpu"))
-        assert (method.estimator is sgvb_b) != compile_
-        g, data = torch.Generator().manual_seed(5), torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(6))
-        bounds = [method.step(x, None, g) for x in data]
-        return model, torch.stack(bounds)
-
-    (eager_model, eager_bounds), (fast_model, fast_bounds) = steps(False), steps(True)
+@pytest.mark.parametrize("overrides", [
+    ["optimizer=adagrad"],  # the paper's, SGVB B
+    ["optimizer=adam", "estimator=sgvb_a", "estimator.n_samples=2"],
+    ["optimizer=sgd", "optimizer.momentum=0.9", "trainer.n_models=2"],  # a stack: plain autograd in the graph
+], ids=["adagrad-sgvb_b", "adam-sgvb_a", "sgd-momentum-stack"])
+def test_the_compiled_update_takes_the_eager_steps_and_keeps_torch_optims_state(overrides):
+    eager_model, eager_bounds, eager_state, _ = _stepped(overrides)
+    fast_model, fast_bounds, fast_state, report = _stepped([*overrides, "trainer.compile=true"])
     torch.testing.assert_close(fast_bounds, eager_bounds, rtol=1e-5, atol=1e-4)
     for (name, p), q in zip(eager_model.named_parameters(), fast_model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
-    assert not torch.equal(eager_model.decoder.net.out.weight, _model(seed=4).decoder.net.out.weight)  # it trained
+    assert fast_state.keys() == eager_state.keys()
+    for i, state in eager_state.items():  # the same entries, dtypes and values: checkpoints and resumes see no difference
+        assert fast_state[i].keys() == state.keys()
+        for key, value in state.items():
+            assert fast_state[i][key].dtype == value.dtype and fast_state[i][key].shape == value.shape, (i, key)
+            torch.testing.assert_close(fast_state[i][key], value, rtol=1e-5, atol=1e-6, msg=f"{i} {key}")
+    assert report.bad == 0
+    initial = _initial(compose_config(overrides).trainer.n_models)
+    assert not torch.equal(eager_model.decoder.net.out.weight, initial.decoder.net.out.weight)  # it trained
+
+
+@needs_compiler
+@pytest.mark.parametrize("on_nan", ["skip_batch", "stop"])
+def test_a_compiled_update_with_a_nonfinite_gradient_is_flagged_and_under_skip_batch_changes_nothing(on_nan):
+    """A good step, then one whose minibatch holds a NaN pixel: the guard counts the second; skipped, it
+    leaves parameters and state bit for bit as the good step left them (under stop the run ends there)."""
+    overrides = ["trainer.compile=true", f"trainer.on_nan={on_nan}"]
+    model, bounds, state, report = _stepped(overrides, n_steps=2, poison=1)
+    assert report.bad == 1 and report.first_bad == 2
+    assert torch.isfinite(bounds[0]).all() and torch.isnan(bounds[1]).any()
+    good, _, good_state, _ = _stepped(overrides, n_steps=1)
+    if on_nan == "stop":
+        assert any(torch.isnan(p).any() for p in model.parameters())  # applied: the guard stops the run at its next read
+        return
+    for (name, p), q in zip(model.named_parameters(), good.parameters()):
+        assert torch.equal(p, q), name
+    for i, entries in good_state.items():
+        assert all(torch.equal(state[i][key], value) for key, value in entries.items()), i  # "step" stays 1 too
 
 
 def test_a_compiler_that_fails_stops_the_first_step_with_one_line(monkeypatch):
@@ -80,15 +113,15 @@ def test_a_compiler_that_fails_stops_the_first_step_with_one_line(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    model, x = _model(), torch.rand(4, 30)
+    method = aevb.build(compose_config(["trainer.compile=true"]), _model(), 1000, torch.device("cpu"))
     with pytest.raises(UserError, match=r"trainer.compile=true: torch.compile failed \(RuntimeError: InvalidCxxCompiler: No working "
                                         r"C\+\+ compiler found\); set trainer.compile=false") as error:
-        estimate(compiled(sgvb_b), model, x, 1, torch.Generator().manual_seed(0))
+        method.step(torch.rand(4, 30), None, torch.Generator().manual_seed(0))
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("method", ["wake_sleep", "mcem", "full_vb"])
 def test_trainer_compile_with_a_method_it_does_not_compile_is_refused_in_one_line(method):
-    with pytest.raises(UserError, match=f"trainer.compile=true compiles the SGVB estimator of aevb's step; method={method} "
+    with pytest.raises(UserError, match=f"trainer.compile=true compiles the update of aevb; method={method} "
                                         "trains eagerly: set trainer.compile=false"):
         validate(compose_config([f"method={method}", "trainer.compile=true"]))

@@ -7,16 +7,21 @@ training set) and returns a detached per-datapoint value to display; `state_dict
 `load_state_dict()` carry the optimizer and any per-method state through checkpoints; `model` is
 what evaluation and figures use; `has_encoder` says whether the method learns a q(z|x), i.e.
 whether the loop can evaluate a lower bound (MCEM has none and logs log p(x) estimates instead).
+A method whose update checks its own gradients on the device (AEVB under `trainer.compile`, whose
+optimizer never runs its eager `step()`) leaves that step's flag in `nonfinite_gradient` for the
+loop's divergence guard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from .estimators import Estimator, compiled, get_estimator, map_objective, noise
+from .compiled_update import compiled_update
+from .estimators import Estimator, get_estimator, map_objective, noise
 from .models import VAE
 from .optimizers import map_optimizer
 
@@ -28,10 +33,15 @@ class AEVB:
     estimator: Estimator
     n_samples: int  # L
     n_train: int  # N
+    compiled: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # trainer.compile
+    nonfinite_gradient: torch.Tensor | None = None  # the compiled update's guard flag for its last step
     has_encoder: ClassVar[bool] = True
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         eps = noise(self.model, x, self.n_samples, generator)  # eps ~ p(eps) (Algorithm 1)
+        if self.compiled is not None:  # the same update as below, traced as one graph (compiled_update.py)
+            bounds, self.nonfinite_gradient = self.compiled(x, eps)
+            return bounds
         bounds = self.estimator(self.model, x, eps)  # (M,), eq. (6) or (7)
         objective = map_objective(bounds, self.n_train)  # eq. (8) / N (a stack: summed over models); + log p(theta) / N in the optimizer
         self.optimizer.zero_grad(set_to_none=True)
@@ -48,12 +58,15 @@ class AEVB:
 
 def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
     """AEVB over the encoder's phi and the decoder's theta jointly (AEVB §5); `trainer.compile`
-    compiles its estimator."""
+    compiles its whole update."""
     estimator = get_estimator(cfg.estimator.name)
+    optimizer = map_optimizer(cfg, model.named_parameters(), n_train, device, model.model_axes)
+    skip = cfg.trainer.on_nan == "skip_batch"
     return AEVB(
         model=model,
-        optimizer=map_optimizer(cfg, model.named_parameters(), n_train, device, model.model_axes),
-        estimator=compiled(estimator) if cfg.trainer.compile else estimator,
+        optimizer=optimizer,
+        estimator=estimator,
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,
+        compiled=compiled_update(model, optimizer, estimator, n_train, skip) if cfg.trainer.compile else None,
     )

@@ -5,7 +5,8 @@ L(theta, phi; x^(i)) per datapoint at the given noise eps^(l) ~ p(eps) (`noise`)
 theta and phi through the reparameterization z = mu + sigma * eps, as Algorithm 1 separates them
 ("eps <- random samples from p(eps); g <- grad L~(theta, phi; X^M, eps)"). No randomness, no
 reduction, no backward, no logging: the caller draws eps and forms the minibatch estimator eq. (8)
-once. Being pure, an estimator compiles to a few fused kernels (`compiled`, `trainer.compile`).
+once. Being pure, an estimator can be differentiated by torch.func and compiled with its update
+(`compiled_update.py`, `trainer.compile`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable, Iterable
 import torch
 
 from . import generators
-from .errors import UserError
 from .generators import Generator
 
 Estimator = Callable[..., torch.Tensor]
@@ -56,32 +56,6 @@ def get_estimator(name: str) -> Estimator:
 def estimate(estimator: Estimator, model, x: torch.Tensor, n_samples: int, generator: Generator | None) -> torch.Tensor:
     """`estimator` at L fresh noise draws eps ~ p(eps) per datapoint, (M,): draw, then estimate."""
     return estimator(model, x, noise(model, x, n_samples, generator))
-
-
-def compiled(estimator: Estimator) -> Estimator:
-    """`estimator` through torch.compile (`trainer.compile=true`): one graph for the forward pass and
-    one for its backward, the elementwise work between the matrix products fused (the shapes of a
-    training step never change: M is fixed and partial batches are dropped). Numbers agree with the
-    eager estimator to float rounding, not bit for bit. A backend that cannot compile (no C++
-    compiler for the CPU backend, say) stops the run at its first step with one line."""
-    fn = torch.compile(estimator, fullgraph=True, dynamic=False)
-    checked = False
-
-    def run(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        nonlocal checked
-        if checked:
-            return fn(model, x, eps)
-        try:
-            bounds = fn(model, x, eps)
-        except Exception as e:  # noqa: BLE001 - any failure to compile is the user's environment
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"trainer.compile=true: torch.compile failed ({type(e).__name__}: {first}); "
-                            f"set trainer.compile=false, or install what it names (a C++ compiler for CPU)") from None
-        checked = True
-        return bounds
-
-    run.__name__ = f"compiled_{estimator.__name__}"
-    return run
 
 
 def minibatch_bound(bounds: torch.Tensor, n_train: int) -> torch.Tensor:

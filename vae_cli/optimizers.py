@@ -111,9 +111,12 @@ class NonFiniteGuard:
             for p in self._params[j]:
                 p.grad = None
 
-    def observe(self, bounds: torch.Tensor) -> None:
-        """Count the step just taken, whose per-datapoint bounds are `bounds`."""
+    def observe(self, bounds: torch.Tensor, found: torch.Tensor | None = None) -> None:
+        """Count the step just taken, whose per-datapoint bounds are `bounds`; `found`: the flag of an
+        update that checked its own gradients (a compiled one, whose optimizer runs no eager step)."""
         self._make_room()
+        if found is not None:
+            self._found[self._pending].copy_(found)
         torch.sum(bounds.detach().flatten(), 0, dtype=torch.float64, out=self._sums[self._pending])
         self._points = bounds.numel()
         self._pending += 1

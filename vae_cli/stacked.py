@@ -64,7 +64,11 @@ class StackedLinear(nn.Module):
         exactly as a single model computes it (a view for inputs (K, M, in) and (1, K, M, in))."""
         n_models, in_dim = self.weight.shape[0], self.weight.shape[2]
         rows = v.movedim(-3, 0).reshape(n_models, -1, in_dim)  # (K, ... x M, in)
-        out = StackedAffine.apply(rows, self.weight, self.bias)  # (K, ... x M, out)
+        if torch.compiler.is_compiling():  # trainer.compile (compiled_update.py): plain autograd, for under torch.func.grad
+            # dynamo mishandles a custom backward and the gradients come out wrong (pytorch#193279)
+            out = torch.baddbmm(self.bias.unsqueeze(1), rows, self.weight.transpose(1, 2))
+        else:
+            out = StackedAffine.apply(rows, self.weight, self.bias)  # (K, ... x M, out)
         return out.reshape(n_models, *v.shape[:-3], v.shape[-2], -1).movedim(0, -3)
 
 

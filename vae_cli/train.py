@@ -66,7 +66,7 @@ def training_step(method, data: Dataset, progress: Progress, generators: dict[st
     idx = next_minibatch(progress, data, batch_size, generators["data"])
     x = data.minibatch(idx, generators["noise"])
     bounds = method.step(x, idx, generators["noise"])
-    guard.observe(bounds)
+    guard.observe(bounds, getattr(method, "nonfinite_gradient", None))
     progress.step += 1
     progress.samples += batch_size
 
