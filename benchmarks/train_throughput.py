@@ -7,7 +7,8 @@ ratios: the median of each round's ratio, with its range), at the paper's MNIST 
 - `vae-cli`: the package's own code path — `aevb.build` (SGVB B + MAP objective, fused Adagrad) and
   `train.training_step` (the minibatch, the update, the divergence guard over every gradient and
   the bound) — exactly what `vae-train` runs per step; `vae-cli compiled` is the same with
-  `trainer.compile=true` (compiled before the timing; the time it took is printed).
+  `trainer.compile=true`: the estimator, its gradient, the guard's check and Adagrad as one graph
+  (`compiled_update.py`; compiled before the timing, the time it took is printed).
 - `examples`: the loop of pytorch/examples' VAE written here as a reference (TensorDataset +
   shuffling DataLoader, nn.Module with sigmoid output, BCE on probabilities + KLD summed,
   Adagrad with PyTorch's default implementation, `loss.item()` every step).
