@@ -63,6 +63,8 @@ def test_an_evaluation_prints_a_row_and_writes_summary_estimates_and_details(vae
     assert header.split()[:4] == ["estimator", "split", "points", "log"] and row.split()[:3] == ["iwae", "test", "3"]
     summary = json.loads((vae_run / "eval" / "iwae-test-001.json").read_text())
     assert summary["points"] == 3 and summary["settings"]["k"] == 50 and summary["samples"] == 2000
+    # chunk_size null resolved: as many samples as keep (samples, 3 points, 784) float32 tensors within 16 MiB
+    assert summary["settings"]["chunk_size"] is None and summary["settings"]["samples_per_chunk"] == 16 * 2**20 // (3 * 784 * 4)
     estimates = np.load(vae_run / "eval" / "iwae-test-001.npy")
     assert estimates.shape == (3,) and abs(estimates.mean() - summary["log_px"]) < 1e-9
     details = np.load(vae_run / "eval" / "iwae-test-001.npz")

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from .config import DatasetConfig, validate_eval
 from .data import load_dataset
 from .errors import UserError
-from .marginal_likelihood import ESTIMATORS, Estimate, concat
+from .marginal_likelihood import ESTIMATORS, Estimate, concat, samples_per_chunk
 from .models import build_vae
 from .runs import ADDED_KEYS, CHECKPOINT_FILE, MODEL_FORMATS, atomic_write_bytes, load_checkpoint
 from .stacked import member_state
@@ -236,6 +236,8 @@ def evaluate(cfg) -> dict:
     exact_fn = getattr(model.decoder, "exact_log_marginal", None)
     exact = exact_fn(x.double()).detach() if exact_fn is not None else None
     settings = {k: v for k, v in asdict(likelihood).items() if k != "name"}
+    if "chunk_size" in settings:  # what chunk_size (null: the memory budget) draws at once for a full batch
+        settings["samples_per_chunk"] = samples_per_chunk(likelihood.chunk_size, x[: cfg.batch_size])
     k = n_models(state["config"])
     of_member = {"member": cfg.member, "n_models": k, "member_seed": state["config"]["seed"] + cfg.member} if k > 1 else {}
     summary = {"estimator": likelihood.name, "split": cfg.split, **({"theta": theta} if theta else {}), **of_member,
