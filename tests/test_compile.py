@@ -83,6 +83,8 @@ def test_the_compiled_update_takes_the_eager_steps_and_keeps_torch_optims_state(
             assert fast_state[i][key].dtype == value.dtype and fast_state[i][key].shape == value.shape, (i, key)
             torch.testing.assert_close(fast_state[i][key], value, rtol=1e-5, atol=1e-6, msg=f"{i} {key}")
     assert report.bad == 0
+    again = _stepped([*overrides, "trainer.compile=true"])[0]  # same config and seed, same numbers bit for bit
+    assert all(torch.equal(p, q) for p, q in zip(fast_model.parameters(), again.parameters()))
     initial = _initial(compose_config(overrides).trainer.n_models)
     assert not torch.equal(eager_model.decoder.net.out.weight, initial.decoder.net.out.weight)  # it trained
 
@@ -104,6 +106,17 @@ def test_a_compiled_update_with_a_nonfinite_gradient_is_flagged_and_under_skip_b
         assert torch.equal(p, q), name
     for i, entries in good_state.items():
         assert all(torch.equal(state[i][key], value) for key, value in entries.items()), i  # "step" stays 1 too
+
+
+@needs_compiler
+def test_run_after_run_in_one_process_compiles_each_past_torchs_recompile_limit():
+    """A basic-launcher multirun trains its jobs in one process: each compiles its own update."""
+    limit = torch._dynamo.config.recompile_limit
+    for seed in range(limit + 2):
+        cfg = compose_config(["trainer.compile=true", f"seed={seed}"])
+        method = aevb.build(cfg, build_vae(30, 4, [16], "bernoulli", 0.3, torch.Generator().manual_seed(seed)), 1000, torch.device("cpu"))
+        bounds = method.step(torch.rand(20, 30), None, torch.Generator().manual_seed(seed))
+        assert torch.isfinite(bounds).all() and method.nonfinite_gradient.item() == 0
 
 
 def test_a_compiler_that_fails_stops_the_first_step_with_one_line(monkeypatch):
