@@ -124,24 +124,38 @@ def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, estimato
     # Traced per model: without a reset, a process that trains run after run (a basic-launcher multirun,
     # a notebook) would keep one cache entry per run until torch's recompile limit stops it.
     torch.compiler.reset()
-    fn = torch.compile(update, fullgraph=True, dynamic=False)
-    checked = False
+    fn = checked_compile(update, "trainer.compile", dynamic=False)
+    started = False
 
     def run(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal checked
-        if not checked:  # the first step, after any checkpoint's state was loaded
+        nonlocal started
+        if not started:  # the first step, after any checkpoint's state was loaded
             init_state(optimizer)
+            started = True
         # detached aliases: the graph writes the parameters' storage, outside autograd
         params = {names[id(p)]: p.detach() for group in optimizer.param_groups for p in group["params"]}
         states = {names[id(p)]: optimizer.state[p] for group in optimizer.param_groups for p in group["params"]}
+        return fn(params, states, x, eps)
+
+    return run
+
+
+def checked_compile(fn: Callable, option: str, **options) -> Callable:
+    """`torch.compile(fn, fullgraph=True, **options)` whose first call, where compilation happens, turns
+    any failure into one line naming `option` (the config key that asked for it) and the fix."""
+    compiled = torch.compile(fn, fullgraph=True, **options)
+    checked = False
+
+    def run(*args):
+        nonlocal checked
         if checked:
-            return fn(params, states, x, eps)
+            return compiled(*args)
         try:
-            result = fn(params, states, x, eps)
+            result = compiled(*args)
         except Exception as e:  # noqa: BLE001 - any failure to compile is the user's environment
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"trainer.compile=true: torch.compile failed ({type(e).__name__}: {first}); "
-                            f"set trainer.compile=false, or install what it names (a C++ compiler for CPU)") from None
+            raise UserError(f"{option}=true: torch.compile failed ({type(e).__name__}: {first}); "
+                            f"set {option}=false, or install what it names (a C++ compiler for CPU)") from None
         checked = True
         return result
 
