@@ -1,10 +1,11 @@
-"""`trainer.compile=true`: AEVB's whole update, Algorithm 1's "g <- grad L~; theta, phi <- update", as one
-compiled graph.
+"""`trainer.compile=true`: a whole update, AEVB's Algorithm 1 "g <- grad L~; theta, phi <- update" or a
+wake-sleep phase, as one compiled graph.
 
 The eager step runs the SGVB estimator, autograd's backward and the optimizer's kernel one after the
 other, each a separate pass over memory with Python in between. Here `torch.func.grad` differentiates
-the same objective (eq. (8) / N, `estimators.map_objective`) and the optimizer's rule follows inside the
-same function, so torch.compile sees forward, backward and update as one graph: inductor fuses the
+the same objective (eq. (8) / N over the per-datapoint terms, `estimators.map_objective`) and the
+optimizer's rule follows inside the same function, so torch.compile sees forward, backward and update
+as one graph: inductor fuses the
 elementwise work around the matrix products (tanh and its derivative, the Bernoulli terms, each bias
 gradient with its update), and no autograd engine, optimizer loop or host sync runs in between
 (1.24-1.26x the eager step's datapoints/s at M = 100 on a 2-core CPU, 0.65 of the step's GEMM bound
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .estimators import Estimator, map_objective
+from .estimators import map_objective
 
 State = dict[str, torch.Tensor]
 
@@ -77,21 +78,26 @@ def init_state(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].to(p.device)
 
 
-class _Bounds(nn.Module):
-    """The estimator's (M,) bounds as a module call, so `torch.func.functional_call` can swap in parameters."""
+Terms = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (model, *inputs) -> (objective's terms (M,), shown (M,))
 
-    def __init__(self, model: nn.Module, estimator: Estimator):
+
+class _Terms(nn.Module):
+    """`terms(model, *inputs)` as a module call, so `torch.func.functional_call` can swap in parameters."""
+
+    def __init__(self, model: nn.Module, terms: Terms):
         super().__init__()
-        self.model, self.estimator = model, estimator
+        self.model, self.terms = model, terms
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self.estimator(self.model, x, eps)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.terms(self.model, *inputs)
 
 
-def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator, n_train: int,
-                    skip: bool) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """`update(x, eps) -> (bounds, found)`: one AEVB step of `optimizer` on the SGVB `estimator` at noise
-    eps, compiled; `found` is 1 where a gradient was non-finite (then, with `skip`, nothing changes)."""
+def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, terms: Terms, n_train: int,
+                    skip: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`update(*inputs) -> (shown, found)`: one step of `optimizer`, over its parameters of `model` (the
+    others held fixed), ascending the MAP objective of the per-datapoint terms `terms(model, *inputs)`
+    returns with what to show, compiled; `found` is 1 where a gradient was non-finite (then, with
+    `skip`, nothing changes). AEVB's terms are its SGVB bounds at the noise eps (`aevb.bounds_twice`)."""
     rule = RULES.get(type(optimizer))
     if rule is None:
         raise ValueError(f"trainer.compile=true has no update rule for {type(optimizer).__name__}; choose one of adagrad, adam, sgd")
@@ -99,15 +105,17 @@ def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, estimato
         for option, value in UNSUPPORTED.items():
             if group.get(option, value) != value:
                 raise ValueError(f"trainer.compile=true does not implement {type(optimizer).__name__}'s {option}={group[option]}")
-    bounds_of = _Bounds(model, estimator)
+    terms_of = _Terms(model, terms)
     names = {id(p): f"model.{name}" for name, p in model.named_parameters()}
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    held = [p for p in model.parameters() if id(p) not in {id(q) for q in trained}]  # e.g. phi in the wake phase
 
-    def negative_objective(params: dict[str, torch.Tensor], x: torch.Tensor, eps: torch.Tensor):
-        bounds = torch.func.functional_call(bounds_of, params, (x, eps))  # (M,), eq. (6) or (7)
-        return -map_objective(bounds, n_train), bounds.detach()  # gradient ascent on the bound (Algorithm 1)
+    def negative_objective(params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], *inputs: torch.Tensor):
+        values, shown = torch.func.functional_call(terms_of, {**params, **fixed}, inputs)  # (M,) each
+        return -map_objective(values, n_train), shown.detach()  # gradient ascent (Algorithm 1)
 
-    def update(params: dict[str, torch.Tensor], states: dict[str, State], x: torch.Tensor, eps: torch.Tensor):
-        grads, bounds = torch.func.grad(negative_objective, has_aux=True)(params, x, eps)
+    def update(params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], states: dict[str, State], *inputs: torch.Tensor):
+        grads, shown = torch.func.grad(negative_objective, has_aux=True)(params, fixed, *inputs)
         found = torch.stack([(~torch.isfinite(g)).any() for g in grads.values()]).any().float()
         keep = found > 0 if skip else torch.zeros((), dtype=torch.bool, device=found.device)
         for group in optimizer.param_groups:
@@ -119,7 +127,7 @@ def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, estimato
                 p.copy_(torch.where(keep, p, new_p))
                 for key, value in new_state.items():
                     state[key].copy_(torch.where(keep, state[key], value))
-        return bounds, found
+        return shown, found
 
     # Traced per model: without a reset, a process that trains run after run (a basic-launcher multirun,
     # a notebook) would keep one cache entry per run until torch's recompile limit stops it.
@@ -127,15 +135,16 @@ def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, estimato
     fn = checked_compile(update, "trainer.compile", dynamic=False)
     started = False
 
-    def run(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal started
         if not started:  # the first step, after any checkpoint's state was loaded
             init_state(optimizer)
             started = True
         # detached aliases: the graph writes the parameters' storage, outside autograd
-        params = {names[id(p)]: p.detach() for group in optimizer.param_groups for p in group["params"]}
-        states = {names[id(p)]: optimizer.state[p] for group in optimizer.param_groups for p in group["params"]}
-        return fn(params, states, x, eps)
+        params = {names[id(p)]: p.detach() for p in trained}
+        fixed = {names[id(p)]: p.detach() for p in held}
+        states = {names[id(p)]: optimizer.state[p] for p in trained}
+        return fn(params, fixed, states, *inputs)
 
     return run
 

@@ -61,7 +61,7 @@ class MethodConfig:
 
 MCEM_FIELDS = ("n_leapfrog", "n_weight_updates", "target_accept", "init_step_size", "jitter")
 STACKED_METHODS = ("aevb", "wake_sleep")  # the methods trainer.n_models > 1 can stack (stacked.py)
-COMPILED_METHODS = ("aevb",)  # the methods whose update trainer.compile=true compiles (compiled_update.py)
+COMPILED_METHODS = ("aevb", "wake_sleep")  # the methods whose updates trainer.compile=true compiles (compiled_update.py)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class TrainerConfig:
     track_loglik: bool = False  # log an App. D estimate of log p(x) at each evaluation (Fig. 3); always on for mcem
     loglik_points: int = 1000  # first training and test points of that estimate (AEVB App. E: 1000)
     n_models: int = 1  # K models of seeds s..s+K-1 trained as one stack (stacked.py); aevb and wake_sleep
-    compile: bool = False  # torch.compile aevb's whole update (estimator, gradient, optimizer); numbers agree to rounding
+    compile: bool = False  # torch.compile aevb's (and each wake-sleep phase's) whole update; numbers agree to rounding
     flush_denormals: bool = True  # CPU: subnormal floats (|v| < 1.2e-38) read and written as 0 (`train.configure_cpu`)
 
 
@@ -258,7 +258,7 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prog: str = "vae-train
         raise UserError("method=full_vb needs a proper hyperprior p_alpha(theta) for KL(q(theta) || p(theta)); set prior.precision= above 0 (paper: 1)")
     _validate_method(cfg.method)
     if cfg.trainer.compile and cfg.method.name not in COMPILED_METHODS:
-        raise UserError(f"trainer.compile=true compiles the update of {' and '.join(COMPILED_METHODS)}; "
+        raise UserError(f"trainer.compile=true compiles the updates of {' and '.join(COMPILED_METHODS)}; "
                         f"method={cfg.method.name} trains eagerly: set trainer.compile=false")
     if cfg.trainer.n_models > 1 and cfg.method.name not in STACKED_METHODS:
         raise UserError(f"trainer.n_models={cfg.trainer.n_models} stacks {' and '.join(STACKED_METHODS)} runs only; for method={cfg.method.name} "
