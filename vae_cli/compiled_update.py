@@ -5,11 +5,11 @@ The eager step runs the SGVB estimator, autograd's backward and the optimizer's 
 other, each a separate pass over memory with Python in between. Here `torch.func.grad` differentiates
 the same objective (eq. (8) / N over the per-datapoint terms, `estimators.map_objective`) and the
 optimizer's rule follows inside the same function, so torch.compile sees forward, backward and update
-as one graph: inductor fuses the
-elementwise work around the matrix products (tanh and its derivative, the Bernoulli terms, each bias
-gradient with its update), and no autograd engine, optimizer loop or host sync runs in between
-(1.24-1.26x the eager step's datapoints/s at M = 100 on a 2-core CPU, 0.65 of the step's GEMM bound
-against 0.53: `benchmarks/train_throughput.py`).
+as one graph: inductor fuses the elementwise work around the matrix products (tanh and its
+derivative, the Bernoulli terms, each bias gradient with its update), and no autograd engine,
+optimizer loop or host sync runs in between (AEVB: 1.24-1.26x the eager step's datapoints/s at
+M = 100 on a 2-core CPU, 0.65 of the step's GEMM bound against 0.53, `benchmarks/train_throughput.py`;
+wake-sleep: 1.20x).
 
 The rules are torch.optim's Adagrad (AEVB §5), Adam and SGD written out. They read and write the
 optimizer's own state tensors ("sum", "exp_avg", "exp_avg_sq", "momentum_buffer", "step"), so
