@@ -15,11 +15,16 @@ ratios: the median of each round's ratio, with its range), at the paper's MNIST 
 - `gemm bound`: the matrix products of one step alone at the model's shapes (forward, and the
   input and weight gradients of backward), timed back to back: no model can step faster.
 
+With `--method wake_sleep` the same two vae-cli runners train wake-sleep instead (its two phases a
+step, `wake_sleep.build`; compiled, each phase's update is one graph) and only the compiled / eager
+ratio is printed: the examples loop and the GEMM bound are AEVB's.
+
 Then, unless `--no-rss`, the peak resident memory of real `vae-train` runs on all of MNIST, eager
 and compiled (the console script in a child process, 10^5 samples with its evaluations of the whole
 train and test sets, checkpoints and figures), against the target of 1 GB.
 
 Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N] [--keep-denormals] [--no-rss]
+                                            [--method aevb|wake_sleep]
 Prints datapoints/s, the ratio of vae-cli to the examples loop and vae-cli's share of the bound,
 and at M = 100 whether each meets its target (1.3x, 0.6; the median's unrounded value decides).
 """
@@ -40,10 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vae_cli import aevb
 from vae_cli.data import Dataset, load_dataset
 from vae_cli.optimizers import NonFiniteGuard
-from vae_cli.train import Progress, configure_cpu, optimizers_of, training_step
+from vae_cli.train import METHODS, Progress, configure_cpu, optimizers_of, training_step
 
 D, H, J = 784, 500, 20
 TARGETS = {100: {"examples": 1.3, "gemm bound": 0.6}}  # the speed issue's, at M = 100; M = 1000 is reported only
@@ -113,14 +117,15 @@ def examples_runner(train_x: torch.Tensor, batch_size: int):
 
 
 def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int, n_models: int = 1, seed: int = 0):
-    """One step of `vae-train` with `seed=seed`: of one model, or of a stack of `n_models` (trainer.n_models)."""
+    """One step of `vae-train` with `seed=seed` (cfg's method, AEVB by default): of one model, or of a
+    stack of `n_models` (trainer.n_models)."""
     from vae_cli.generators import training_generators
     from vae_cli.models import build_vae
     from vae_cli.stacked import build_models
 
     data = Dataset("mnist", train_x, train_x[:1000], train_x, (28, 28), "none")
     model, _ = build_models(lambda g: build_vae(D, J, [H], "bernoulli", 0.01, g), seed, n_models)
-    method = aevb.build(cfg, model, data.n_train, torch.device("cpu"))
+    method = METHODS[cfg.method.name](cfg, model, data.n_train, torch.device("cpu"))
     progress, generators = Progress(), training_generators(seed, n_models, torch.device("cpu"))
     guard = NonFiniteGuard(optimizers_of(method), skip=False, device=torch.device("cpu"))
 
@@ -221,7 +226,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of vae-train")
+    parser.add_argument("--method", choices=["aevb", "wake_sleep"], default="aevb")
     args = parse_timing_args(parser, rounds=12)
+    if args.method != "aevb":
+        return compiled_against_eager(args)
     train_x, cfg, found = mnist_or_noise(50_000)
     compiled_cfg = train_config("trainer.compile=true")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
@@ -255,6 +263,23 @@ def main() -> None:
         peak = training_run_peak_rss_mib(args.threads, *overrides)
         print(f"peak RSS of {' '.join(('vae-train', *overrides))} on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): "
               f"{peak:,.0f} MiB (target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
+
+
+def compiled_against_eager(args: argparse.Namespace) -> None:
+    """`--method wake_sleep`: vae-cli's step of that method, eager against trainer.compile=true."""
+    train_x, _, _ = mnist_or_noise(50_000)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
+          f"MNIST model {D}-{H}-{J}, Adagrad, method={args.method}; {args.rounds} interleaved rounds, median rates, ratios per round")
+    for batch_size in args.batch_sizes:
+        runners = {name: vae_cli_runner(train_x, train_config(f"method={args.method}", f"trainer.compile={flag}"), batch_size)
+                   for name, flag in (("vae-cli", "false"), ("vae-cli compiled", "true"))}
+        start = time.perf_counter()
+        runners["vae-cli compiled"]()  # compiles at its first step
+        print(f"\nM = {batch_size}  (compiling took {time.perf_counter() - start:.1f} s)")
+        rates = interleaved_rates(runners, batch_size, args.rounds, args.seconds)
+        for name, r in rates.items():
+            print(f"  {name:<16} {statistics.median(r):>10,.0f} datapoints/s")
+        print(f"  {'vae-cli compiled / vae-cli':<33}: {per_round_ratio(rates, 'vae-cli compiled', 'vae-cli', 'x')}")
 
 
 if __name__ == "__main__":

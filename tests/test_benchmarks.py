@@ -16,6 +16,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SMOKE = {  # script: (its smallest arguments, lines its output must hold)
     "train_throughput.py": (["--rounds", "2", "--seconds", "0.02", "--batch-sizes", "100", "--no-rss"],
                             ["vae-cli / examples loop", "vae-cli compiled / GEMM bound", "(rounds "]),
+    "train_throughput.py --method wake_sleep": (["--method", "wake_sleep", "--rounds", "2", "--seconds", "0.02", "--batch-sizes", "100"],
+                                                ["vae-cli compiled / vae-cli", "(rounds "]),
     "n_models_throughput.py": (["--models", "1", "2", "--rounds", "2", "--seconds", "0.02"], ["stack / separate", "(rounds "]),
     "hmc_throughput.py": (["--repeats", "1"], ["HMC kernel (one hmc_step)", "MCEM step"]),
     "eval_throughput.py": ([], ["iwae k=5000", "ais T=50", "test-set bound"]),
@@ -27,7 +29,7 @@ SMOKE = {  # script: (its smallest arguments, lines its output must hold)
 def test_benchmark_runs_to_its_ratios(script, shared_data, tmp_path):
     args, expected = SMOKE[script]
     env = {**os.environ, "VAE_CLI_DATA": str(shared_data)}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script.split()[0]), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -9,7 +9,7 @@ as one graph: inductor fuses the elementwise work around the matrix products (ta
 derivative, the Bernoulli terms, each bias gradient with its update), and no autograd engine,
 optimizer loop or host sync runs in between (AEVB: 1.24-1.26x the eager step's datapoints/s at
 M = 100 on a 2-core CPU, 0.65 of the step's GEMM bound against 0.53, `benchmarks/train_throughput.py`;
-wake-sleep: 1.20x).
+wake-sleep: 1.17-1.20x, `--method wake_sleep`).
 
 The rules are torch.optim's Adagrad (AEVB §5), Adam and SGD written out. They read and write the
 optimizer's own state tensors ("sum", "exp_avg", "exp_avg_sq", "momentum_buffer", "step"), so
