@@ -7,9 +7,9 @@ training set) and returns a detached per-datapoint value to display; `state_dict
 `load_state_dict()` carry the optimizer and any per-method state through checkpoints; `model` is
 what evaluation and figures use; `has_encoder` says whether the method learns a q(z|x), i.e.
 whether the loop can evaluate a lower bound (MCEM has none and logs log p(x) estimates instead).
-A method whose update checks its own gradients on the device (AEVB under `trainer.compile`, whose
+A method whose update checks its own gradients on the device (under `trainer.compile`, where the
 optimizer never runs its eager `step()`) leaves that step's flag in `nonfinite_gradient` for the
-loop's divergence guard.
+loop's divergence guard; eagerly it stays None and the guard's optimizer hook checks.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import torch
 
-from .compiled_update import compiled_update
-from .estimators import Estimator, get_estimator, map_objective, noise
+from .compiled_update import build_update
+from .estimators import Estimator, get_estimator, noise
 from .models import VAE
 from .optimizers import map_optimizer
 
@@ -33,21 +33,14 @@ class AEVB:
     estimator: Estimator
     n_samples: int  # L
     n_train: int  # N
-    compiled: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # trainer.compile
+    update: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]  # eager or compiled (trainer.compile)
     nonfinite_gradient: torch.Tensor | None = None  # the compiled update's guard flag for its last step
     has_encoder: ClassVar[bool] = True
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         eps = noise(self.model, x, self.n_samples, generator)  # eps ~ p(eps) (Algorithm 1)
-        if self.compiled is not None:  # the same update as below, traced as one graph (compiled_update.py)
-            bounds, self.nonfinite_gradient = self.compiled(x, eps)
-            return bounds
-        bounds = self.estimator(self.model, x, eps)  # (M,), eq. (6) or (7)
-        objective = map_objective(bounds, self.n_train)  # eq. (8) / N (a stack: summed over models); + log p(theta) / N in the optimizer
-        self.optimizer.zero_grad(set_to_none=True)
-        (-objective).backward()  # gradient ascent on the bound (Algorithm 1)
-        self.optimizer.step()
-        return bounds.detach()
+        bounds, self.nonfinite_gradient = self.update(x, eps)  # ascend eq. (8) / N at eps (compiled_update.py)
+        return bounds
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
@@ -57,7 +50,7 @@ class AEVB:
 
 
 def bounds_twice(estimator: Estimator):
-    """The estimator as the compiled update's terms: its bounds are the objective's terms and what the loop shows."""
+    """The estimator as the update's terms: its bounds are the objective's terms and what the loop shows."""
 
     def terms(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bounds = estimator(model, x, eps)  # (M,), eq. (6) or (7)
@@ -71,12 +64,11 @@ def build(cfg, model: VAE, n_train: int, device: torch.device) -> AEVB:
     compiles its whole update."""
     estimator = get_estimator(cfg.estimator.name)
     optimizer = map_optimizer(cfg, model.named_parameters(), n_train, device, model.model_axes)
-    skip = cfg.trainer.on_nan == "skip_batch"
     return AEVB(
         model=model,
         optimizer=optimizer,
         estimator=estimator,
         n_samples=cfg.estimator.n_samples,
         n_train=n_train,
-        compiled=compiled_update(model, optimizer, bounds_twice(estimator), n_train, skip) if cfg.trainer.compile else None,
+        update=build_update(cfg, model, optimizer, bounds_twice(estimator), n_train),
     )

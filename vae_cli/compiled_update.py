@@ -16,7 +16,9 @@ optimizer's own state tensors ("sum", "exp_avg", "exp_avg_sq", "momentum_buffer"
 checkpoints, resumes and an eager continuation find what torch.optim itself would have kept. The
 divergence guard's check of every gradient is in the graph too: the update returns the flag for
 `NonFiniteGuard.observe` and, with `trainer.on_nan=skip_batch`, a flagged update leaves parameters and
-state as they were (as the fused kernels' `found_inf` does in the eager step).
+state as they were (as the fused kernels' `found_inf` does in the eager step). `eager_update` is the
+same update without compilation, and `build_update` picks one of the two, so a method's step does
+not branch on `trainer.compile`.
 
 [Duchi2011] Duchi, Hazan, Singer, "Adaptive subgradient methods for online learning and stochastic
 optimization", JMLR 2011 (the paper's Adagrad). [Kingma2014] Kingma, Ba, "Adam: a method for
@@ -108,7 +110,8 @@ def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, terms: T
     terms_of = _Terms(model, terms)
     names = {id(p): f"model.{name}" for name, p in model.named_parameters()}
     trained = [p for group in optimizer.param_groups for p in group["params"]]
-    held = [p for p in model.parameters() if id(p) not in {id(q) for q in trained}]  # e.g. phi in the wake phase
+    trained_ids = {id(p) for p in trained}
+    held = [p for p in model.parameters() if id(p) not in trained_ids]  # e.g. phi in the wake phase
 
     def negative_objective(params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], *inputs: torch.Tensor):
         values, shown = torch.func.functional_call(terms_of, {**params, **fixed}, inputs)  # (M,) each
@@ -147,6 +150,28 @@ def compiled_update(model: nn.Module, optimizer: torch.optim.Optimizer, terms: T
         return fn(params, fixed, states, *inputs)
 
     return run
+
+
+def eager_update(model: nn.Module, optimizer: torch.optim.Optimizer, terms: Terms, n_train: int) -> Callable[..., tuple[torch.Tensor, None]]:
+    """The eager twin of `compiled_update`: `update(*inputs) -> (shown, None)`, autograd's backward and
+    the optimizer's own `step()` (whose pre-step hook is where the guard checks the gradients)."""
+
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        values, shown = terms(model, *inputs)  # (M,) each
+        objective = map_objective(values, n_train)  # eq. (8) / N (a stack: summed over models); + log p(theta) / N in the optimizer
+        optimizer.zero_grad(set_to_none=True)
+        (-objective).backward()  # gradient ascent (Algorithm 1)
+        optimizer.step()
+        return shown.detach(), None
+
+    return run
+
+
+def build_update(cfg, model: nn.Module, optimizer: torch.optim.Optimizer, terms: Terms, n_train: int) -> Callable:
+    """The update of `optimizer` on `terms`, compiled when `trainer.compile` says so, else eager."""
+    if cfg.trainer.compile:
+        return compiled_update(model, optimizer, terms, n_train, skip=cfg.trainer.on_nan == "skip_batch")
+    return eager_update(model, optimizer, terms, n_train)
 
 
 def checked_compile(fn: Callable, option: str, **options) -> Callable:

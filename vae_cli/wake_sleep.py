@@ -23,8 +23,8 @@ from typing import ClassVar
 import torch
 
 from . import generators
-from .compiled_update import compiled_update
-from .estimators import map_objective, noise
+from .compiled_update import build_update
+from .estimators import noise
 from .generators import Generator
 from .models import VAE
 from .optimizers import map_optimizer
@@ -36,8 +36,8 @@ class WakeSleep:
     wake_optimizer: torch.optim.Optimizer  # over theta, the decoder, with p(theta) as weight decay
     sleep_optimizer: torch.optim.Optimizer  # over phi, the encoder, with p(phi) as weight decay
     n_train: int  # N
-    compiled_wake: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # trainer.compile: `wake_terms`
-    compiled_sleep: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # ... and `sleep_terms`
+    wake_update: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # on `wake_terms`, eager or compiled (trainer.compile)
+    sleep_update: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # on `sleep_terms`
     nonfinite_gradient: torch.Tensor | None = None  # the compiled phases' guard flags for the last step, (2,)
     wake_flag: torch.Tensor | None = None  # the compiled wake update's flag, until the sleep phase's joins it
     has_encoder: ClassVar[bool] = True  # q(z|x) is a proper recognition model: its bound is evaluated
@@ -46,19 +46,8 @@ class WakeSleep:
         """One gradient step on theta for log p_theta(x, z), z ~ q_phi(z|x) held fixed.
 
         Returns the single-sample ELBO log p(x, z) - log q(z|x) of each datapoint (before the step)."""
-        if self.compiled_wake is not None:  # the same draw as q.sample's, then the update in one graph
-            shown, self.wake_flag = self.compiled_wake(x, noise(self.model, x, 1, generator))
-            return shown
-        with torch.no_grad():
-            q = self.model.encoder(x)
-            z = q.sample(generator)  # (M, J)
-            log_q = q.log_prob(z)
-        log_joint = self.model.log_joint(x, z)  # (M,)
-        objective = map_objective(log_joint, self.n_train)
-        self.wake_optimizer.zero_grad(set_to_none=True)
-        (-objective).backward()
-        self.wake_optimizer.step()
-        return (log_joint - log_q).detach()
+        shown, self.wake_flag = self.wake_update(x, noise(self.model, x, 1, generator))  # eps: q.sample's draw
+        return shown
 
     def sleep(self, batch_size: int, generator: Generator) -> torch.Tensor:
         """One gradient step on phi for log q_phi(z|x) on fantasies (z, x) ~ p(z) p_theta(x|z).
@@ -69,16 +58,10 @@ class WakeSleep:
         with torch.no_grad():
             z = generators.randn((*models, batch_size, self.model.latent_dim), generator, 0, like.device, like.dtype)
             x = self.model.decoder(z).sample(generator)  # (M, D), or (K, M, D)
-        if self.compiled_sleep is not None:
-            shown, found = self.compiled_sleep(x, z)
-            self.nonfinite_gradient = torch.stack([self.wake_flag, found])  # the guard's order: wake, sleep
-            return shown
-        log_q = self.model.encoder(x).log_prob(z)  # (M,)
-        objective = map_objective(log_q, self.n_train)
-        self.sleep_optimizer.zero_grad(set_to_none=True)
-        (-objective).backward()
-        self.sleep_optimizer.step()
-        return log_q.detach()
+        shown, found = self.sleep_update(x, z)
+        if found is not None:  # compiled: both phases' flags, in the guard's order (wake, sleep)
+            self.nonfinite_gradient = torch.stack([self.wake_flag, found])
+        return shown
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         bounds = self.wake(x, generator)
@@ -94,17 +77,19 @@ class WakeSleep:
 
 
 def wake_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The wake phase's terms log p_theta(x, z) at z = g_phi(eps, x) (phi held fixed by the update) and
-    the single-sample ELBO to show, as `WakeSleep.wake` computes them."""
-    q = model.encoder(x)
-    z = q.reparameterize(eps)[0]  # (M, J): eps is (1, M, J)
-    log_joint = model.log_joint(x, z)
-    return log_joint, log_joint - q.log_prob(z)
+    """The wake phase's terms log p_theta(x, z) at z = g_phi(eps, x), held fixed (no gradient reaches
+    phi), and the single-sample ELBO log p(x, z) - log q(z|x) to show."""
+    with torch.no_grad():
+        q = model.encoder(x)
+        z = q.reparameterize(eps)[0]  # (M, J): eps is (1, M, J)
+        log_q = q.log_prob(z)
+    log_joint = model.log_joint(x, z)  # (M,)
+    return log_joint, log_joint - log_q
 
 
 def sleep_terms(model: VAE, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The sleep phase's terms log q_phi(z|x) on the fantasies (z, x), also what it shows."""
-    log_q = model.encoder(x).log_prob(z)
+    log_q = model.encoder(x).log_prob(z)  # (M,)
     return log_q, log_q
 
 
@@ -113,13 +98,11 @@ def build(cfg, model: VAE, n_train: int, device: torch.device) -> WakeSleep:
     `trainer.compile` compiles each phase's update."""
     wake = map_optimizer(cfg, model.decoder.named_parameters(), n_train, device, model.model_axes)
     sleep = map_optimizer(cfg, model.encoder.named_parameters(), n_train, device, model.model_axes)
-    skip = cfg.trainer.on_nan == "skip_batch"
-    compile_ = cfg.trainer.compile
     return WakeSleep(
         model=model,
         wake_optimizer=wake,
         sleep_optimizer=sleep,
         n_train=n_train,
-        compiled_wake=compiled_update(model, wake, wake_terms, n_train, skip) if compile_ else None,
-        compiled_sleep=compiled_update(model, sleep, sleep_terms, n_train, skip) if compile_ else None,
+        wake_update=build_update(cfg, model, wake, wake_terms, n_train),
+        sleep_update=build_update(cfg, model, sleep, sleep_terms, n_train),
     )
