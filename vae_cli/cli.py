@@ -24,7 +24,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .config import TrainConfig, register_configs, validate
+from .config import register_configs, validate
 from .errors import RunStopped, UserError
 
 CONFIG_PATH = "pkg://vae_cli.conf"
@@ -104,16 +104,16 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    report_user_errors("vae-train", validate, cfg)  # before torch is imported: a typo costs a second
-    from .train import train
+    report_user_errors("vae-train", validate, cfg)  # before the job starts: a typo costs a second
+    from .jobs.train import train
 
     report_user_errors("vae-train", train, cfg)
 
 
 def _resume_app(args: list[str]) -> None:
     """`vae-train resume_from=RUN_DIR [key=value ...]`: continue a run with its own config.yaml."""
+    from .jobs.train import train
     from .runs import resume_config
-    from .train import train
 
     given = [a for a in args if a.startswith("resume_from=")]
     extra = given[1:] + [a for a in args if a.startswith("-")]
@@ -124,7 +124,7 @@ def _resume_app(args: list[str]) -> None:
         raise UserError("resume_from= needs a run folder, e.g. vae-train resume_from=outputs/2026-11-25/10-00-00")
     run_dir = Path(folder).expanduser().absolute()
     overrides = [a for a in args if a != given[0]]
-    train(resume_config(run_dir, overrides, TrainConfig), run_dir=run_dir)
+    train(resume_config(run_dir, overrides), run_dir=run_dir)
 
 
 def train_main() -> None:
@@ -137,7 +137,7 @@ def train_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def _eval_app(cfg: DictConfig) -> None:
-    from .eval_run import evaluate
+    from .jobs.evaluate import evaluate
 
     report_user_errors("vae-eval", evaluate, cfg)
 
@@ -163,7 +163,7 @@ def report_main() -> None:
     """`vae-report DIR`: the paper's figures and report.md for the runs under DIR."""
     import argparse
 
-    from .report import report
+    from .jobs.report import report
 
     parser = argparse.ArgumentParser(prog="vae-report", description="Draw the paper's figures from a vae-train sweep folder.")
     parser.add_argument("folder", help="a sweep folder such as multirun/fig2_mnist/full, or any folder holding runs")

@@ -1,227 +1,22 @@
 """MNIST and Frey Face, the paper's data sets (AEVB §5), as device tensors in [0, 1).
 
-Pixels are the 8-bit grey levels divided by 256 (PAPER.md §10.3). Every split is checked against
-the content hashes of `../shared/data/README.md` (sha256 of the uint8 pixels, whatever file they
-came from) before use, and pickles go through an unpickler that admits numpy arrays only.
-
-Sources, in the order they are looked for in `dataset.root`:
-- MNIST: `mnist.pkl.gz` (the classic 50,000 / 10,000 / 10,000 split), else the four IDX files
-  (train = first 50,000 of the 60,000 training images, valid = the last 10,000, test = t10k).
-- Frey Face: `freyfaces.pkl`, else Roweis' `frey_rawface.mat`; 1965 frames of 28 x 20, split by
-  frame order (first `train_frames` train, the rest test: the frames are a video, a random split
-  would leak near-duplicates).
+Pixels are the 8-bit grey levels divided by 256 (PAPER.md §10.3), read and verified by `data_files.py`.
+Frey Face's 1965 frames are split into training and held-out frames after a seeded shuffle (the
+author's split, PAPER.md §12.4) or by frame order (`split_frames`). Minibatches X^M are rows of the
+training tensor picked by `MinibatchSampler` (no DataLoader: the data fit in memory and stay on the
+device).
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
-import hashlib
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import generators
+from .data_files import IMAGE_SHAPES, default_root, read_pixels
 from .errors import UserError
-from .generators import Generator
-
-MNIST_PICKLE = "mnist.pkl.gz"
-MNIST_IDX = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
-MNIST_IDX_MD5 = {  # ../shared/data/README.md
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-MNIST_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-FREY_PICKLE = "freyfaces.pkl"
-FREY_MAT = "frey_rawface.mat"
-FREY_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
-
-# sha256 of the uint8 pixels in C order, one image a row (../shared/data/README.md).
-CONTENT_SHA256 = {
-    ("mnist", "train"): "c80ceb24eedca80f31cfca280b8fb911cbb41b9990f998bebd40e26b1ab6d0f8",
-    ("mnist", "valid"): "2b079632b0defaf508a5ebf8c4ac1e18ce15c8b337da087e9c3e1c84c618d244",
-    ("mnist", "test"): "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
-    ("frey", "all"): "2438ba4f0d2a6bd8bac43de756141eaa33c8d248dd613d464bdb1210d9b7af78",
-}
-IMAGE_SHAPES = {"mnist": (28, 28), "frey": (28, 20)}
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how Python 3 writes the bytes of an array in a protocol-2 pickle
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Pickles can run code on load: admit numpy arrays and plain containers, nothing else."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
-        return super().find_class(module, name)
-
-
-def safe_unpickle(file) -> object:
-    """Unpickle `file` (a binary file object) admitting only numpy arrays, lists, tuples, numbers."""
-    return _ArraysOnlyUnpickler(file, encoding="latin1").load()
-
-
-def sha256_uint8(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
-
-
-def verify(pixels: np.ndarray, dataset: str, split: str, source: Path) -> np.ndarray:
-    """Refuse pixels whose content hash differs from the published one."""
-    digest = sha256_uint8(pixels)
-    if digest != CONTENT_SHA256[(dataset, split)]:
-        raise UserError(
-            f"{source} does not hold the expected {dataset} {split} pixels (sha256 {digest[:12]}...); "
-            "replace the file with an intact copy or point dataset.root= at one"
-        )
-    return pixels
-
-
-def _unit_floats_to_uint8(x: np.ndarray, source: Path) -> np.ndarray:
-    """Grey levels stored as pixel/256 floats back to the exact uint8 pixels."""
-    scaled = np.asarray(x, dtype=np.float32) * np.float32(256.0)  # exact: a power of two
-    pixels = np.rint(scaled)
-    if not np.array_equal(pixels, scaled) or pixels.min() < 0 or pixels.max() > 255:
-        raise UserError(f"{source} holds values that are not 8-bit pixels / 256; replace the file with an intact copy")
-    return pixels.astype(np.uint8)
-
-
-def _read_mnist_pickle(path: Path) -> dict[str, np.ndarray]:
-    with gzip.open(path, "rb") as f:
-        (train, _), (valid, _), (test, _) = safe_unpickle(f)
-    return {name: _unit_floats_to_uint8(x, path) for name, x in (("train", train), ("valid", valid), ("test", test))}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not): magic 0x0000 0x08 ndim, big-endian sizes, then uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0:3] != b"\x00\x00\x08":
-        raise UserError(f"{path} is not an IDX file of unsigned bytes; replace it with an intact copy")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise UserError(f"{path} is truncated ({data.size} of {int(np.prod(shape))} bytes); download it again")
-    return data.reshape(shape[0], -1)
-
-
-def _read_mnist_idx(root: Path) -> dict[str, np.ndarray]:
-    train_valid = read_idx(root / MNIST_IDX["train_images"])
-    test = read_idx(root / MNIST_IDX["test_images"])
-    return {"train": train_valid[:50000], "valid": train_valid[50000:], "test": test}
-
-
-def _read_frey(path: Path) -> np.ndarray:
-    if path.name.endswith(".mat"):
-        from scipy.io import loadmat
-
-        try:
-            ff = loadmat(path)["ff"]  # (560, 1965), one image a column
-        except (KeyError, ValueError, OSError) as e:
-            raise UserError(f"{path} is not Roweis' frey_rawface.mat ({e}); replace it with an intact copy") from None
-        return np.ascontiguousarray(ff.T, dtype=np.uint8)
-    with open(path, "rb") as f:
-        frames = np.asarray(safe_unpickle(f))
-    if frames.dtype != np.uint8:
-        raise UserError(f"{path} does not hold uint8 frames; replace it with an intact copy")
-    return frames.reshape(-1, frames.shape[-1])
-
-
-def default_root() -> Path:
-    """$VAE_CLI_DATA if set, else the user cache folder (~/.cache/vae-cli on Linux)."""
-    env = os.environ.get("VAE_CLI_DATA")
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("vae-cli"))
-
-
-def _download(root: Path, name: str) -> None:
-    """Fetch the canonical files with pooch and their published checksums."""
-    import pooch
-
-    logger, level = pooch.get_logger(), pooch.get_logger().level
-    logger.setLevel("WARNING")  # pooch logs each download on stderr, where only errors go
-    print(f"downloading {name} into {root}")
-    try:
-        if name == "mnist":
-            for fname, md5 in MNIST_IDX_MD5.items():
-                for i, mirror in enumerate(MNIST_MIRRORS):
-                    try:
-                        pooch.retrieve(mirror + fname, known_hash=f"md5:{md5}", fname=fname, path=root, progressbar=False)
-                        break
-                    except Exception:
-                        if i == len(MNIST_MIRRORS) - 1:
-                            raise
-        else:  # no published file checksum: the content hash is checked on load
-            pooch.retrieve(FREY_URL, known_hash=None, fname=FREY_MAT, path=root, progressbar=False)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"could not download {name} into {root} ({reason[:160]}); copy the files there by hand "
-            "or set dataset.root= to a folder that holds them"
-        ) from None
-    finally:
-        logger.setLevel(level)
-
-
-def read_pixels(name: str, root: Path, download: bool) -> dict[str, np.ndarray]:
-    """Find, read and verify the uint8 pixels of every split of `name` in `root`."""
-    candidates = {
-        "mnist": [(root / MNIST_PICKLE,), tuple(root / f for f in MNIST_IDX.values())],
-        "frey": [(root / FREY_PICKLE,), (root / FREY_MAT,)],
-    }[name]
-    found = next((files for files in candidates if all(f.is_file() for f in files)), None)
-    if found is None and download:
-        _download(root, name)
-        found = candidates[1]
-    if found is None:
-        looked = " or ".join("+".join(f.name for f in files) for files in candidates)
-        raise UserError(
-            f"{name} not found in {root} (looked for {looked}) and dataset.download=false; "
-            "set dataset.root= to the folder holding them (or VAE_CLI_DATA), or allow dataset.download=true"
-        )
-    stamp = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in found)
-    return _read_verified(name, stamp)
-
-
-@functools.lru_cache(maxsize=2)
-def _read_verified(name: str, stamp: tuple) -> dict[str, np.ndarray]:
-    """Read once per process and file version: sweeps run in one process reuse the pixels."""
-    found = [Path(path) for path, _, _ in stamp]
-    try:
-        if name == "frey":
-            pixels = {"all": verify(_read_frey(found[0]), "frey", "all", found[0])}
-        else:
-            splits = _read_mnist_pickle(found[0]) if len(found) == 1 else _read_mnist_idx(found[0].parent)
-            pixels = {split: verify(x, "mnist", split, found[0]) for split, x in splits.items()}
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
-        raise UserError(f"could not read {found[0]} ({type(e).__name__}: {str(e)[:120]}); replace it with an intact copy") from None
-    for array in pixels.values():
-        array.setflags(write=False)  # shared between runs: never modified in place
-    return pixels
 
 
 @dataclass
@@ -243,13 +38,60 @@ class Dataset:
     def data_dim(self) -> int:
         return self.train.shape[1]
 
-    def minibatch(self, idx: torch.Tensor, generator: Generator) -> torch.Tensor:
-        """X^M for the indices `idx`, (M,) -> (M, D), or (K, M) -> (K, M, D) for a stack of K models;
-        with dynamic binarization a fresh Bernoulli draw each time (a stack's from each model's generator)."""
-        x = self.train.index_select(0, idx.flatten()).unflatten(0, idx.shape)
+    def minibatch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """X^M for the indices `idx` (M,) -> (M, D); with dynamic binarization a fresh Bernoulli draw."""
+        x = self.train.index_select(0, idx)
         if self.binarize == "dynamic":
-            x = generators.bernoulli(x, generator)
+            x = torch.bernoulli(x, generator=generator)
         return x
+
+
+@dataclass
+class MinibatchSampler:
+    """The indices of X^M, M of the N training points per step (Algorithm 1): drawn uniformly with
+    replacement ([K], PAPER.md §12.3), or consecutive slices of a permutation drawn anew each epoch
+    (PAPER.md §10.8; the last partial slice is dropped, so every step has exactly M points).
+    Its state is checkpointed, so a resumed run draws the same minibatches."""
+
+    n: int  # N
+    batch_size: int  # M
+    with_replacement: bool
+    permutation: torch.Tensor | None = None  # this epoch's order (epochs only)
+    position: int = 0  # next index into it
+
+    def next(self, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        if self.with_replacement:
+            return torch.randint(0, self.n, (self.batch_size,), generator=generator).to(device)
+        if self.permutation is None or self.position + self.batch_size > self.n:
+            self.permutation, self.position = torch.randperm(self.n, generator=generator).to(device), 0
+        idx = self.permutation[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"permutation": None if self.permutation is None else self.permutation.cpu(), "position": self.position}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.permutation = None if state["permutation"] is None else state["permutation"].to(device)
+        self.position = state["position"]
+
+
+FREY_SPLITS = ("shuffled", "sequential")
+
+
+def split_frames(frames: np.ndarray, n_train: int, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frey Face's train and held-out frames. `shuffled`: the frames in a random order drawn from
+    `seed`, then the first `n_train` (the author's split: 1600 / 365, PAPER.md §12.4); `sequential`:
+    the first `n_train` frames of the video, the rest held out (PAPER.md §10.3), which puts a
+    different stretch of the video in the test set."""
+    if not 0 < n_train < frames.shape[0]:
+        raise UserError(f"dataset.train_frames={n_train} must lie in 1..{frames.shape[0] - 1}")
+    if split == "shuffled":
+        order = torch.randperm(frames.shape[0], generator=torch.Generator().manual_seed(seed)).numpy()
+        frames = frames[order]
+    elif split != "sequential":
+        raise ValueError(f"unknown Frey split {split!r}; choose one of {', '.join(FREY_SPLITS)}")
+    return frames[:n_train], frames[n_train:]
 
 
 def load_dataset(cfg, device: torch.device) -> Dataset:
@@ -257,10 +99,7 @@ def load_dataset(cfg, device: torch.device) -> Dataset:
     root = Path(cfg.root).expanduser() if cfg.root else default_root()
     pixels = read_pixels(cfg.name, root, cfg.download)
     if cfg.name == "frey":
-        frames = pixels["all"]
-        if not 0 < cfg.train_frames < frames.shape[0]:
-            raise UserError(f"dataset.train_frames={cfg.train_frames} must lie in 1..{frames.shape[0] - 1}")
-        train, test = frames[: cfg.train_frames], frames[cfg.train_frames :]
+        train, test = split_frames(pixels["all"], cfg.train_frames, cfg.split, cfg.split_seed)
     else:
         train, test = pixels["train"], pixels[cfg.test_split]
     if cfg.n_train is not None:
@@ -270,12 +109,13 @@ def load_dataset(cfg, device: torch.device) -> Dataset:
     to_unit = lambda a: torch.from_numpy(a.astype(np.float32) / np.float32(256.0))  # noqa: E731
     train_x, test_x = to_unit(train), to_unit(test)
     train_eval = train_x
-    if cfg.binarize in ("static", "dynamic"):
+    binarize = getattr(cfg, "binarize", "none")  # MNIST only
+    if binarize in ("static", "dynamic"):
         # one fixed draw of each set for evaluation; static binarization also trains on it
         g = torch.Generator().manual_seed(cfg.binarize_seed)
         test_x, train_eval = torch.bernoulli(test_x, generator=g), torch.bernoulli(train_x, generator=g)
-        if cfg.binarize == "static":
+        if binarize == "static":
             train_x = train_eval
     train_x, test_x = train_x.to(device), test_x.to(device)
-    train_eval = train_eval.to(device) if cfg.binarize == "dynamic" else train_x
-    return Dataset(cfg.name, train_x, test_x, train_eval, IMAGE_SHAPES[cfg.name], cfg.binarize)
+    train_eval = train_eval.to(device) if binarize == "dynamic" else train_x
+    return Dataset(cfg.name, train_x, test_x, train_eval, IMAGE_SHAPES[cfg.name], str(getattr(binarize, "value", binarize)))

@@ -3,9 +3,7 @@
 AEVB eq. (9) (diagonal Gaussian encoder), App. B (its KL to the standard-normal prior), App. C
 eqs. (11)-(12) (Bernoulli and Gaussian MLP likelihoods). Every `log_prob` sums over the last axis
 (the data or latent dimension) and keeps every leading axis, so `(L, M, D) -> (L, M)`.
-`torch.distributions` is used only as an oracle in the tests. The parameters of a stack of K models
-(`stacked.py`) carry the model axis first, `(K, M, D)`; draws from a `generators.GeneratorStack`
-take each model's slice from that model's own generator.
+`torch.distributions` is used only as an oracle in the tests. Every draw takes a `torch.Generator`.
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import generators
-from .generators import Generator
+Generator = torch.Generator
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -43,8 +40,8 @@ class DiagonalGaussian:
 
         Returns `(n_samples, *mean.shape)`; gradients flow to `mean` and `log_var`.
         """
-        shape = (n_samples, *self.mean.shape)  # a stack's model axis is 1 here
-        return self.reparameterize(generators.randn(shape, generator, 1, self.mean.device, self.mean.dtype))
+        eps = torch.randn((n_samples, *self.mean.shape), generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.reparameterize(eps)
 
     def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
         """z = g_phi(eps, x) = mean + sigma * eps for given noise eps ~ N(0, I), (L, *mean.shape) (AEVB §2.4)."""
@@ -85,7 +82,35 @@ class Bernoulli:
     def sample(self, generator: Generator | None) -> torch.Tensor:
         """Binary draws x ~ Bernoulli(y), no gradient."""
         with torch.no_grad():
-            return generators.bernoulli(self.mean, generator)
+            return torch.bernoulli(self.mean, generator=generator)
+
+
+@dataclass
+class UniformMixture:
+    """Per dimension (1 - w) N(x; mean, sigma^2) + w U(x; 0, 1), w = sigmoid(logit): [K14]'s density
+    for data in [0, 1] (PAPER.md §12.6); the uniform term bounds how badly one pixel can be fitted."""
+
+    gaussian: DiagonalGaussian
+    logit: torch.Tensor  # (D,) or broadcastable to the mean
+
+    @property
+    def mean(self) -> torch.Tensor:
+        w = torch.sigmoid(self.logit)
+        return (1 - w) * self.gaussian.mean + 0.5 * w
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gaussian
+        log_normal = -0.5 * ((x - g.mean) ** 2 * torch.exp(-g.log_var) + g.log_var + LOG_2PI)  # per dimension
+        log_uniform = torch.where((x >= 0) & (x <= 1), 0.0, -math.inf)  # log U(x; 0, 1)
+        return torch.logaddexp(F.logsigmoid(-self.logit) + log_normal, F.logsigmoid(self.logit) + log_uniform).sum(-1)
+
+    def sample(self, generator: Generator | None) -> torch.Tensor:
+        """A draw of the mixture, no gradient: the uniform with probability w, else the Gaussian."""
+        with torch.no_grad():
+            normal = self.gaussian.sample(generator)
+            pick = torch.bernoulli(torch.sigmoid(self.logit).expand_as(normal), generator=generator)
+            uniform = torch.rand(normal.shape, generator=generator, device=normal.device, dtype=normal.dtype)
+            return torch.where(pick > 0, uniform, normal)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

@@ -15,26 +15,23 @@ the parameter term then weighs M/N against the minibatch sum, i.e. it is counted
 The means mu_theta ARE the decoder's own parameters (initialised as the paper's init), so the model
 as it stands is theta at the posterior mean; the log standard deviations live in the method's state
 and hence in every checkpoint. The encoder stays a point estimate with the usual weight prior
-(`prior.scope`), as in the paper's example. No experiment of the paper uses this method.
+(`prior.scope`), as in the paper's example. No experiment of the paper uses this method; the method
+that trains it is `methods/full_vb.py`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-
-from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .distributions import LOG_2PI
-from .estimators import Estimator, estimate, get_estimator, map_objective
-from .evaluate import BoundEstimate, bounds_per_datapoint, evaluate_bound, average
+from .estimators import Estimator
+from .evaluation import BoundEstimate, average, bounds_per_datapoint, evaluate_bound
 from .models import VAE
-from .optimizers import map_optimizer
 
 KL_FORMS = ("closed_form", "monte_carlo")
 
@@ -51,10 +48,17 @@ class ParameterPosterior:
         self.mean = {name: params[name] for name in names}
         self.log_std = {n: torch.full_like(p, init_log_std).detach().requires_grad_(True) for n, p in self.mean.items()}
 
+    def noise(self, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """zeta ~ p(zeta) = N(0, I), one per parameter (AEVB eq. (19))."""
+        return {n: torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype) for n, mu in self.mean.items()}
+
+    def reparameterize(self, zeta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """theta~ = h_phi(zeta) = mu + sigma * zeta (AEVB eq. (19))."""
+        return {n: mu + torch.exp(self.log_std[n]) * zeta[n] for n, mu in self.mean.items()}
+
     def rsample(self, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """theta~ = mu + sigma * zeta, zeta ~ N(0, I): h_phi(zeta) of AEVB eq. (19)."""
-        return {n: mu + torch.exp(self.log_std[n]) * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-                for n, mu in self.mean.items()}
+        """theta~ ~ q_phi(theta), differentiable in mu and log sigma."""
+        return self.reparameterize(self.noise(generator))
 
     def log_prob(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
         """log q_phi(theta), summed over every element."""
@@ -124,16 +128,16 @@ def model_at(model: VAE, theta: dict[str, torch.Tensor]) -> VAE:
     return VAE(model.encoder, DecoderAt(model.decoder, theta), model.latent_dim, model.data_dim)
 
 
-def sgvb_full_vb(model: VAE, posterior: ParameterPosterior, x: torch.Tensor, estimator: Estimator, n_samples: int,
-                 n_train: int, precision: float, kl: str, generator: torch.Generator | None) -> torch.Tensor:
+def sgvb_full_vb(model: VAE, posterior: ParameterPosterior, x: torch.Tensor, eps: torch.Tensor, zeta: dict[str, torch.Tensor],
+                 estimator: Estimator, n_train: int, precision: float, kl: str) -> torch.Tensor:
     """Each datapoint's share of the App. F minibatch estimate, (M,): L~(theta~, phi; x_i) + P / N.
 
-    One theta~ ~ q_phi(theta) for the minibatch (eq. (19)), then the SGVB estimator (eq. (6) or (7),
-    L samples of z each) at theta~, plus the parameter term P of eq. (21) shared out over the N
-    datapoints. The mean over the minibatch is (1/N) x eq. (22)/(24), an unbiased estimate of L(phi; X) / N.
+    theta~ = h_phi(zeta), one for the minibatch (eq. (19)); the SGVB estimator (eq. (6) or (7), at the
+    noise eps) at theta~, plus the parameter term P of eq. (21) shared out over the N datapoints. The
+    mean over the minibatch is (1/N) x eq. (22)/(24), an unbiased estimate of L(phi; X) / N.
     """
-    theta = posterior.rsample(generator)
-    bounds = estimate(estimator, model_at(model, theta), x, n_samples, generator)  # (M,)
+    theta = posterior.reparameterize(zeta)
+    bounds = estimator(model_at(model, theta), x, eps)  # (M,)
     return bounds + parameter_term(posterior, theta, precision, kl) / n_train
 
 
@@ -152,7 +156,8 @@ def decoder_draws(model: VAE, posterior: ParameterPosterior, n_draws: int, gener
 def posterior_from_checkpoint(model: VAE, state: dict) -> ParameterPosterior:
     """q_phi(theta) of a full-VB checkpoint: means from `model` (already loaded with `state["model"]`),
     log standard deviations from `state["method"]["log_std"]`."""
-    log_std = state["method"]["log_std"]
+    method = state["method"]
+    log_std = method["extra"]["log_std"] if "extra" in method else method["log_std"]  # this version's checkpoints, or format 2
     posterior = ParameterPosterior(model.decoder, log_std.keys(), 0.0)
     posterior.load_state_dict(log_std)
     return posterior
@@ -168,66 +173,3 @@ def evaluate_over_posterior(model: VAE, posterior: ParameterPosterior, x: torch.
     draws = [bounds_per_datapoint(m, x, estimator, n_samples, batch_size, generator)
              for m in decoder_draws(model, posterior, n_draws, generator)]  # (K, n)
     return average(torch.stack(draws).mean(0))
-
-
-@dataclass
-class FullVB:
-    has_encoder: ClassVar[bool] = True  # q(z|x) stays a point estimate with its bound evaluated
-    model: VAE  # its decoder holds mu_theta
-    posterior: ParameterPosterior
-    optimizer: torch.optim.Optimizer
-    estimator: Estimator
-    n_samples: int  # L
-    n_train: int  # N
-    precision: float  # alpha of p_alpha(theta), and the point estimates' weight prior
-    kl: str  # closed_form | monte_carlo
-    eval_draws: int  # 0: evaluate at the posterior mean; K: average over K draws theta ~ q(theta)
-
-    def step(self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        shares = sgvb_full_vb(self.model, self.posterior, x, self.estimator, self.n_samples, self.n_train,
-                              self.precision, self.kl, generator)  # (M,), App. F eq. (22)/(24) over N
-        objective = map_objective(shares, self.n_train)  # + the point estimates' MAP prior (AEVB §5) in the optimizer
-        self.optimizer.zero_grad(set_to_none=True)
-        (-objective).backward()  # gradient ascent on L(phi; X) (App. F, Algorithm 2)
-        self.optimizer.step()
-        return shares.detach()
-
-    def evaluate_bound(self, x: torch.Tensor, estimator: str, n_samples: int, batch_size: int,
-                       generator: torch.Generator) -> BoundEstimate:
-        """The train/test bound of the metrics rows (`train.evaluate`): at theta = q's mean or over draws."""
-        return evaluate_over_posterior(self.model, self.posterior, x, estimator, n_samples, batch_size,
-                                       self.eval_draws, generator)
-
-    def evaluation_fields(self) -> dict:
-        """What the metrics row's bounds are: theta at q's mean or averaged over K draws, and
-        KL(q(theta) || p_alpha(theta)) in nats (L(phi; X) / N = bound - kl_theta / N)."""
-        with torch.no_grad():
-            kl = self.posterior.kl_to_prior(self.precision).item()
-        return {"theta": "mean" if self.eval_draws == 0 else f"q_draws:{self.eval_draws}", "kl_theta": kl}
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "log_std": self.posterior.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.posterior.load_state_dict(state["log_std"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-
-def build(cfg, model: VAE, n_train: int, device: torch.device, covered: Iterable[str] | None = None) -> FullVB:
-    """Full VB with q(theta) over the decoder parameters named in `covered` (default: all of them);
-    the encoder and any uncovered decoder parameter stay point estimates under `prior.scope`."""
-    names = [n for n, _ in model.decoder.named_parameters()] if covered is None else list(covered)
-    posterior = ParameterPosterior(model.decoder, names, cfg.posterior.init_log_sigma)
-    in_q = {id(p) for p in posterior.mean.values()}
-    point = [(n, p) for n, p in model.named_parameters() if id(p) not in in_q]
-    return FullVB(
-        model=model,
-        posterior=posterior,
-        optimizer=map_optimizer(cfg, point, n_train, device, others=[*posterior.mean.values(), *posterior.parameters()]),
-        estimator=get_estimator(cfg.estimator.name),
-        n_samples=cfg.estimator.n_samples,
-        n_train=n_train,
-        precision=cfg.prior.precision,
-        kl=cfg.posterior.kl,
-        eval_draws=cfg.posterior.eval_draws,
-    )

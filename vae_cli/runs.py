@@ -25,20 +25,63 @@ from .errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-CHECKPOINT_FORMAT = 2  # 2: optimizers hold the weight prior's parameters as their first group
-MODEL_FORMATS = (1, 2)  # formats whose model weights this version reads (evaluation); only CHECKPOINT_FORMAT resumes
+CHECKPOINT_FORMAT = 3  # 3: methods' optimizers and schedules by name, the sampler's state; 2: before
+MODEL_FORMATS = (1, 2, 3)  # formats whose model weights this version reads (evaluation); only CHECKPOINT_FORMAT resumes
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
 WALL_CLOCK_FIELDS = ("wall_seconds", "samples_per_second")  # the only fields that differ between reruns
 # Keys a resumed run may change without changing what it computes.
 RESUMABLE_CHANGES = {
-    "trainer.resume", "trainer.max_samples", "trainer.progress", "trainer.progress_every",
-    "trainer.threads", "trainer.compile", "trainer.flush_denormals", "trainer.checkpoint_every", "trainer.figures", "dataset.root",
-    "dataset.download", "device", "logger.name", "trainer.on_nan", "trainer.on_existing",
+    "trainer.max_samples", "trainer.progress", "trainer.progress_every", "trainer.checkpoint_every", "trainer.figures",
+    "trainer.on_nan", "trainer.on_existing", "speed.threads", "speed.compile", "speed.flush_denormals", "dataset.root",
+    "dataset.download", "device", "logger.tensorboard", "logger.mlflow", "logger.mlflow_uri",
 }
-# Keys added after runs were written: a saved config without one ran with this value.
-ADDED_KEYS = {"trainer.n_models": 1, "trainer.compile": False, "trainer.flush_denormals": False}
+# Configs written by earlier versions: key renames, and keys they lacked with the value they ran with.
+RENAMED_KEYS = {
+    "trainer.n_models": "speed.n_models", "trainer.compile": "speed.compile", "trainer.threads": "speed.threads",
+    "trainer.flush_denormals": "speed.flush_denormals", "trainer.eval_schedule": "evaluation.schedule",
+    "trainer.eval_per_decade": "evaluation.per_decade", "trainer.eval_first": "evaluation.first",
+    "trainer.eval_every": "evaluation.every", "trainer.eval_estimator": "evaluation.estimator",
+    "trainer.eval_n_samples": "evaluation.n_samples", "trainer.eval_train_points": "evaluation.train_points",
+    "trainer.eval_test_points": "evaluation.test_points", "trainer.eval_batch_size": "evaluation.batch_size",
+    "trainer.track_loglik": "evaluation.loglik", "trainer.loglik_points": "evaluation.loglik_points",
+    "posterior.init_log_sigma": "method.init_log_sigma", "posterior.kl": "method.kl", "posterior.eval_draws": "method.eval_draws",
+}
+ADDED_KEYS = {  # what runs written before these keys existed did: the paper's text read literally
+    "speed.n_models": 1, "speed.compile": False, "speed.flush_denormals": False, "reading": "paper_text",
+    "model.encoder_log_var_scale": 1.0, "model.encoder_log_var_init": "random", "model.decoder_variance": "data_dependent",
+    "model.decoder_uniform_mixture": False, "optimizer.warmup_steps": 0, "trainer.minibatches": "epochs",
+}
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A config.yaml of any version as this version names it (flat keys in, nested dict out)."""
+    flat = flatten(saved)
+    flat = {RENAMED_KEYS.get(k, k): v for k, v in flat.items()}
+    if flat.get("dataset.name") == "frey":
+        flat.setdefault("dataset.split", "sequential")
+    if flat.get("optimizer.name") == "adagrad":
+        flat.setdefault("optimizer.initial_accumulator_value", 0.0)
+    if flat.get("trainer.on_existing") == "continue":
+        flat["trainer.on_existing"] = "resume"
+    for key, value in ADDED_KEYS.items():
+        flat.setdefault(key, value)
+    for key in ("trainer.resume", "logger.name", "dataset.hidden", "dataset.decoder"):
+        flat.pop(key, None)
+    if flat.get("dataset.name") == "mnist":
+        flat.pop("dataset.train_frames", None)
+    else:
+        for key in ("dataset.binarize", "dataset.binarize_seed", "dataset.test_split"):
+            flat.pop(key, None)
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 TEMPORARY_GLOB = ".*.tmp"  # what atomic_write_bytes writes before its rename
 
 
@@ -101,13 +144,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def config_differences(saved: dict, requested: dict) -> list[str]:
     """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
-    a, b = {**ADDED_KEYS, **flatten(saved)}, {**ADDED_KEYS, **flatten(requested)}
+    a, b = flatten(upgrade_config(saved)), flatten(upgrade_config(requested))
     return sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
 
 def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
-    """Claim `run_dir` for a new run (write its config.yaml), or check it holds a compatible run
-    when resuming (the caller saves the config once the checkpoint has loaded).
+    """Claim `run_dir` for a new run (write its config.yaml), or check it holds a compatible run when
+    resuming (the caller saves the config once the checkpoint has loaded).
 
     A new run writes config.yaml, then a checkpoint at sample 0, then metrics; a run killed between
     the first two resumes from sample 0 (nothing else was written). Temporary files of writes cut
@@ -121,8 +164,6 @@ def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
     except OSError as e:
         raise UserError(f"cannot write to the run folder {run_dir} ({e.strerror}); choose another with hydra.run.dir=") from None
     if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise UserError(f"trainer.resume=true but {run_dir} holds no run (no {CONFIG_FILE}, no {CHECKPOINT_FILE}); point hydra.run.dir= at a run folder")
         if not (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / METRICS_FILE).is_file():
             raise UserError(f"{run_dir / CHECKPOINT_FILE} is missing, so the run in {run_dir} cannot continue; restore it or start a new hydra.run.dir=")
         saved = read_config(run_dir)
@@ -130,14 +171,15 @@ def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
         if diff:
             key = diff[0]
             raise UserError(
-                f"{run_dir} holds a run with a different config ({key}: {flatten(saved).get(key)!r} there, "
-                f"{flatten(config).get(key)!r} requested); resume it with its own settings (vae-train resume_from={run_dir}) or start a new hydra.run.dir="
-            )
+                f"{run_dir} holds a run with a different config ({key}: {flatten(upgrade_config(saved)).get(key)!r} there, "
+                f"{flatten(upgrade_config(config)).get(key)!r} requested); resume it with its own settings (vae-train resume_from={run_dir}) "
+                "or start a new hydra.run.dir=")
         for leftover in run_dir.rglob(TEMPORARY_GLOB):
             leftover.unlink()
         return
     if holds_run(run_dir):
-        raise UserError(f"{run_dir} already holds a run; continue it with trainer.resume=true or choose a new hydra.run.dir=")
+        raise UserError(f"{run_dir} already holds a run; continue that run with vae-train resume_from={run_dir}, "
+                        "or start this one in a new hydra.run.dir=")
     save_config(run_dir, config)
 
 
@@ -159,17 +201,20 @@ def read_config(run_dir: Path) -> dict:
     return saved
 
 
-def resume_config(run_dir: Path, overrides: list[str], schema: type) -> DictConfig:
-    """What `vae-train resume_from=RUN_DIR [key=value ...]` runs: the run's own config.yaml, typed
-    by `schema`, with trainer.resume=true and overrides of RESUMABLE_CHANGES keys only."""
-    saved = read_config(run_dir)
+def resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """What `vae-train resume_from=RUN_DIR [key=value ...]` runs: the run's own config.yaml, typed,
+    with trainer.on_existing=resume and overrides of RESUMABLE_CHANGES keys only."""
+    from .config import typed_config
+
+    saved = upgrade_config(read_config(run_dir))
     for override in overrides:
         key, sep, _ = override.partition("=")
         if not sep or key not in RESUMABLE_CHANGES:
-            allowed = ", ".join(sorted(k for k in RESUMABLE_CHANGES if k != "trainer.resume"))
+            allowed = ", ".join(sorted(RESUMABLE_CHANGES))
             raise UserError(f"'{override}' cannot change when resuming (resume_from= runs {run_dir / CONFIG_FILE}); "
                             f"only {allowed} may; start a new run to change anything else")
-    return OmegaConf.merge(OmegaConf.structured(schema), saved, OmegaConf.from_dotlist(overrides), {"trainer": {"resume": True}})
+    cfg = typed_config(saved)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides), {"trainer": {"on_existing": "resume"}})
 
 
 class MetricsLog:

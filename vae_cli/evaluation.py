@@ -3,7 +3,7 @@ and the App. D estimate of its marginal likelihood (Fig. 3).
 
 The bound is the mean over datapoints of an SGVB estimate (PAPER.md §10.7: estimator B, L = 1 by
 default), evaluated in batches without gradients; its standard error over datapoints comes with it.
-The log-likelihood is the mean over datapoints of `marginal_likelihood.appendix_d` with the paper's
+The log-likelihood is the mean over datapoints of `likelihood.appendix_d.appendix_d` with the paper's
 settings (AEVB App. E: HMC posterior samples, 4 leapfrog steps, 50 samples per datapoint).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .estimators import estimate, get_estimator
-from .marginal_likelihood import AppendixDSettings, appendix_d
+from .likelihood.appendix_d import AppendixDSettings, appendix_d
 
 
 @dataclass
@@ -53,9 +53,3 @@ def average(values: torch.Tensor) -> BoundEstimate:
 def evaluate_bound(model, x: torch.Tensor, estimator: str, n_samples: int, batch_size: int, generator: torch.Generator) -> BoundEstimate:
     """Mean and standard error of the per-datapoint bound over the rows of `x`."""
     return average(bounds_per_datapoint(model, x, estimator, n_samples, batch_size, generator))
-
-
-def evaluation_generator(device: torch.device, seed: int, samples: int) -> torch.Generator:
-    """A generator for the evaluation at `samples`: a pure function of the seed and the counter,
-    so evaluations never disturb the training noise and a resumed run evaluates identically."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + samples)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
-from .paper_values import (CHECKPOINTS, FIG2_BOUND, FIG2_HIDDEN, FIG2_PANELS, FIG2_YLIM, FIG3_CHECKPOINTS, FIG3_LOGLIK, FIG3_MODEL,
+from ..errors import UserError
+from ..paper_values import (CHECKPOINTS, FIG2_BOUND, FIG2_HIDDEN, FIG2_PANELS, FIG2_YLIM, FIG3_CHECKPOINTS, FIG3_LOGLIK, FIG3_MODEL,
                            FIG3_YLIM)
-from .runs import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, atomic_write_text
+from ..runs import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, atomic_write_text
 
 COLOURS = {"aevb": "tab:red", "wake_sleep": "tab:green", "mcem": "tab:blue", "full_vb": "tab:purple"}
 LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep", "mcem": "MCEM", "full_vb": "Full VB"}
@@ -89,7 +89,7 @@ def load_run(path: Path) -> Run:
 
 def members(run: Run) -> list[Run]:
     """A stack run (trainer.n_models=K) as its K models, each a run of seed s + k; others as they are."""
-    k = 1 if run.problem else (run.config.get("trainer") or {}).get("n_models", 1)
+    k = 1 if run.problem else (run.config.get("speed") or {}).get("n_models", (run.config.get("trainer") or {}).get("n_models", 1))
     if k == 1:
         return [run]
     return [Run(run.path, {**run.config, "seed": run.config.get("seed", 0) + m}, [r for r in run.metrics if r.get("model") == m], member=m)
@@ -223,12 +223,13 @@ def _checkpoint_model(run: Run):
     """The run's trained model from its checkpoint (as vae-eval rebuilds it), or None if unreadable."""
     import torch
 
-    from .data import IMAGE_SHAPES
-    from .eval_run import read_run, rebuild_model
+    from ..data import IMAGE_SHAPES
+    from ..saved import read_checkpoint, rebuild_model
 
     shape = IMAGE_SHAPES[run.config["dataset"]["name"]]
     try:
-        return rebuild_model(read_run(run.path, torch.device("cpu")), shape[0] * shape[1], torch.device("cpu"), run.member or 0)
+        cfg, state = read_checkpoint(run.path, torch.device("cpu"))
+        return rebuild_model(cfg, state, shape[0] * shape[1], torch.device("cpu"), run.member or 0)
     except UserError as e:
         run.problem = f"no usable checkpoint for the image figures ({str(e)[:80]})"
         return None
@@ -248,8 +249,8 @@ def manifold_grid(model, n: int):
 
 def draw_figure_4(groups: dict, out: Path) -> list[Path]:
     """The learned 2-D manifolds: 20x20 for MNIST, 10x10 for Frey Face, as in the paper."""
-    from .data import IMAGE_SHAPES
-    from .figures import save_grid
+    from ..data import IMAGE_SHAPES
+    from ..figures import save_grid
 
     paths = []
     for (dataset, nz, method, _, _), runs in groups.items():
@@ -265,7 +266,7 @@ def draw_figure_5(groups: dict, out: Path, plt) -> list[Path]:
     """10x10 decoder means of z ~ N(0, I) for each N_z of the MNIST AEVB runs, side by side."""
     import torch
 
-    from .figures import tile
+    from ..figures import tile
 
     panels = []
     for (dataset, nz, method, _, _), runs in groups.items():
