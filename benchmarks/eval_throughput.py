@@ -27,12 +27,14 @@ import resource
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from train_throughput import parse_cpu_args
 
-from vae_cli.evaluate import evaluate_bound
-from vae_cli.marginal_likelihood import AISSettings, IWAESettings, ais, annealing_schedule, iwae, samples_per_chunk
+from vae_cli.evaluation import evaluate_bound
+from vae_cli.likelihood.ais import AISSettings, ais, annealing_schedule
+from vae_cli.likelihood.importance import IWAESettings, iwae, samples_per_chunk
 from vae_cli.models import build_vae
 
 
@@ -40,19 +42,23 @@ def load_model_and_points(run_dir: str | None, n: int, use_data: bool = True):
     if run_dir:
         from pathlib import Path
 
-        from vae_cli.eval_run import read_run, rebuild_model
+        from vae_cli.saved import read_checkpoint, rebuild_model
 
-        model = rebuild_model(read_run(Path(run_dir), torch.device("cpu")), 784, torch.device("cpu"))
+        cfg, state = read_checkpoint(Path(run_dir), torch.device("cpu"))
+        model = rebuild_model(cfg, state, 784, torch.device("cpu"))
     else:
-        model = build_vae(784, 20, [500], "bernoulli", 0.01, torch.Generator().manual_seed(0)).eval().requires_grad_(False)
+        spec = SimpleNamespace(latent_dim=20, hidden=[500], decoder="bernoulli", init_std=0.01, encoder_log_var_scale=1.0,
+                               encoder_log_var_init="random", decoder_variance="data_dependent", decoder_uniform_mixture=False,
+                               decoder_min_log_var=None)
+        model = build_vae(784, spec, torch.Generator().manual_seed(0)).eval().requires_grad_(False)
     x = None
     if use_data and os.environ.get("VAE_CLI_DATA"):
         from omegaconf import OmegaConf
 
-        from vae_cli.config import DatasetConfig
+        from vae_cli.schemas import MnistConfig
         from vae_cli.data import load_dataset
 
-        x = load_dataset(OmegaConf.structured(DatasetConfig(download=False)), torch.device("cpu")).test[:n]
+        x = load_dataset(OmegaConf.structured(MnistConfig(download=False)), torch.device("cpu")).test[:n]
     if x is None:
         x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1))
     return model, x

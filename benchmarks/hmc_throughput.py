@@ -5,7 +5,7 @@ with random weights and random binary x (the speed does not depend on the values
 100 and 1000 it times, side by side in one run:
 - the HMC kernel: one `hmc_step` of 10 leapfrog steps (AEVB App. E) over a batch of chains, one per
   datapoint, against the same `hmc_step` called once per datapoint in a Python loop;
-- an MCEM step (`vae_cli.mcem.MCEM.step`: the E-step above plus 5 Adagrad updates of theta), against
+- an MCEM step (`methods.take_step` of `methods.mcem`: the E-step above plus 5 Adagrad updates of theta), against
   the same step with its E-step run datapoint by datapoint.
 The ratio batched / loop is the figure (the issue's target: >= 20x for the kernel at batch 100).
 Usage: python benchmarks/hmc_throughput.py [--threads 1] [--keep-denormals] [--repeats 3]
@@ -14,14 +14,18 @@ Usage: python benchmarks/hmc_throughput.py [--threads 1] [--keep-denormals] [--r
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 import time
 
 import torch
 from train_throughput import parse_cpu_args
 
-from vae_cli import mcem
+from vae_cli.estimators import map_objective
 from vae_cli.hmc import adapt_step_size, hmc_step, init_state
+from vae_cli.methods import Minibatch, take_step
+from vae_cli.methods import mcem
 from vae_cli.models import build_vae
+from vae_cli.optim import ascend
 
 DATA_DIM, LATENT_DIM, HIDDEN, N_LEAPFROG, N_WEIGHT_UPDATES = 784, 3, [100], 10, 5  # AEVB §5, App. E
 
@@ -66,10 +70,11 @@ def mcem_method(model, n_train: int, g):
         seed=0,
         method=argparse.Namespace(n_leapfrog=N_LEAPFROG, n_weight_updates=N_WEIGHT_UPDATES, target_accept=0.9,
                                   init_step_size=0.1, jitter=0.2),
-        optimizer=argparse.Namespace(name="adagrad", lr=0.02, eps=1e-10),
+        optimizer=argparse.Namespace(name="adagrad", lr=0.02, eps=1e-10, initial_accumulator_value=0.0, warmup_steps=0),
         prior=argparse.Namespace(scope="weights", precision=1.0),
+        trainer=argparse.Namespace(on_nan="stop"),
     )
-    return mcem.build(cfg, model, n_train, torch.device("cpu"))
+    return mcem.build(cfg, model, n_train, torch.device("cpu"), torch.Generator().manual_seed(3))
 
 
 def mcem_loop_step(method, x, idx, g):
@@ -83,7 +88,9 @@ def mcem_loop_step(method, x, idx, g):
         state, info = hmc_step(init_state(method.z[i], log_prob), log_prob, method.step_size[i], N_LEAPFROG, g, method.jitter)
         method.z[i] = state.z
         method.step_size[i] = adapt_step_size(method.step_size[i], info.accept_prob, method.target_accept)
-    method.m_step(x, method.z[idx])
+    for _ in range(method.n_weight_updates):  # the M-step, as the method's update runs it
+        terms = method.model.log_joint(x, method.z[idx])
+        ascend(map_objective(terms, method.n_train), method.optimizers["theta"], method.schedules["theta"], False)
 
 
 def main() -> None:
@@ -91,7 +98,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parse_cpu_args(parser)
     g = torch.Generator().manual_seed(0)
-    model = build_vae(DATA_DIM, LATENT_DIM, HIDDEN, "bernoulli", 0.1, g)
+    model = build_vae(DATA_DIM, SimpleNamespace(latent_dim=LATENT_DIM, hidden=HIDDEN, decoder="bernoulli", init_std=0.1,
+                                                encoder_log_var_scale=1.0, encoder_log_var_init="random", decoder_variance="data_dependent",
+                                                decoder_uniform_mixture=False, decoder_min_log_var=None), g)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.subnormals}; decoder {LATENT_DIM}-{HIDDEN[0]}-{DATA_DIM}, "
           f"{N_LEAPFROG} leapfrog steps, {N_WEIGHT_UPDATES} weight updates; datapoints/s (best of {args.repeats})")
     print(f"{'what':<34}{'batch':>6}{'batched':>12}{'loop':>12}{'ratio':>9}")
@@ -104,7 +113,7 @@ def main() -> None:
         print(f"{'HMC kernel (one hmc_step)':<34}{batch:>6}{batched:>12,.0f}{loop:>12,.0f}{batched / loop:>8.1f}x")
         method = mcem_method(model, batch, g)
         idx = torch.arange(batch)
-        batched = batch / best_time(lambda: method.step(x, idx, g), args.repeats)
+        batched = batch / best_time(lambda: take_step(method, Minibatch(x, idx), g), args.repeats)
         loop = batch / best_time(lambda: mcem_loop_step(method, x, idx, g), args.repeats)
         print(f"{'MCEM step (E-step + 5 updates)':<34}{batch:>6}{batched:>12,.0f}{loop:>12,.0f}{batched / loop:>8.1f}x")
 

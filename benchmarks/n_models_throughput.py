@@ -1,12 +1,13 @@
-"""Training throughput of a stack of K models (`trainer.n_models=K`) against K separate runs' steps.
+"""Training throughput of a stack of K models (`speed.n_models=K`) against K separate runs' steps.
 
 For each K, two things are timed side by side in one process, interleaved over rounds (rates:
 medians; ratios: the median of each round's ratio, with its range), at the paper's MNIST model
 (784-500-20, tanh, Bernoulli decoder, SGVB B, L = 1, Adagrad), both on the package's own code
-path (`train_throughput.vae_cli_runner`: `aevb.build`, `train.next_minibatch`, `Dataset.minibatch`,
-exactly what `vae-train` runs per step):
+path (`train_throughput.vae_cli_runner`: `jobs.train.build_learner` and `Learner.step`, exactly
+what `vae-train` runs per step):
 
-- `stack`: one step of a stack of K models (seeds 0..K-1): batched matmuls over the model axis;
+- `stack`: one step of a stack of K models (seeds 0..K-1): the method vmapped over the stacked
+  parameters (`accel/stack.py`);
 - `separate`: one step of each of K single-model runs (seeds 0..K-1), one after another, as K
   separate jobs on the same cores would take turns.
 

@@ -33,8 +33,8 @@ SCRIPT = Path(sys.executable).parent / "vae-train"
 def sweep(launcher: str, jobs: int, samples: float, folder: Path) -> tuple[float, list[float]]:
     """Wall seconds of one sweep and the training rate (samples/s) each job measured itself."""
     seeds = ",".join(str(s) for s in range(jobs))
-    args = [str(SCRIPT), "--multirun", f"seed={seeds}", f"trainer.max_samples={samples}", "trainer.eval_per_decade=1",
-            "trainer.eval_train_points=1000", "trainer.eval_test_points=1000", "trainer.figures=false",
+    args = [str(SCRIPT), "--multirun", f"seed={seeds}", f"trainer.max_samples={samples}", "evaluation.per_decade=1",
+            "evaluation.train_points=1000", "evaluation.test_points=1000", "trainer.figures=false",
             "trainer.progress=false", f"hydra.sweep.dir={folder}"]
     if launcher == "joblib":
         args.append("hydra/launcher=joblib")

@@ -1,23 +1,23 @@
-"""Training-step throughput of vae-train against a pytorch/examples-style loop and the GEMM bound.
+"""Training-step throughput of vae-train against two hand-written loops and the GEMM bound.
 
-Three things are timed side by side in one process, interleaved over rounds (rates: medians;
-ratios: the median of each round's ratio, with its range), at the paper's MNIST model
-(784-500-Nz, Nz=20, tanh, Bernoulli decoder) for each minibatch size M:
+Side by side in one process, interleaved over rounds (rates: medians; ratios: the median of each
+round's ratio, with its range), at the paper's MNIST model (784-500-Nz, Nz=20, tanh, Bernoulli
+decoder) for each minibatch size M:
 
-- `vae-cli`: the package's own code path — `aevb.build` (SGVB B + MAP objective, fused Adagrad) and
-  `train.training_step` (the minibatch, the update, the divergence guard over every gradient and
-  the bound) — exactly what `vae-train` runs per step; `vae-cli compiled` is the same with
-  `trainer.compile=true`: the estimator, its gradient, the guard's check and Adagrad as one graph
-  (`compiled_update.py`; compiled before the timing, the time it took is printed).
-- `examples`: the loop of pytorch/examples' VAE written here as a reference (TensorDataset +
-  shuffling DataLoader, nn.Module with sigmoid output, BCE on probabilities + KLD summed,
-  Adagrad with PyTorch's default implementation, `loss.item()` every step).
+- `vae-cli`: the package's own step, `jobs.train.build_learner` with vae-train's defaults (the
+  author's Adagrad with its warm-up, minibatches with replacement, SGVB B, the divergence guard's
+  flag and bound) and `Learner.step()`, exactly what the loop runs per step; `vae-cli compiled` is
+  the same with `speed.compile=true` (each update one graph, `accel/compiled.py`; compiled before the
+  timing, the time it took is printed).
+- `lean`: the same math written by hand as tightly as eager PyTorch allows: one tensor, `index_select`
+  of a permutation, BCE with logits, the KL in closed form, fused Adagrad with the weight decay M/N.
+- `examples`: the loop of pytorch/examples' VAE (TensorDataset + shuffling DataLoader, sigmoid output,
+  BCE on probabilities + KLD summed, PyTorch's default Adagrad, `loss.item()` every step).
 - `gemm bound`: the matrix products of one step alone at the model's shapes (forward, and the
   input and weight gradients of backward), timed back to back: no model can step faster.
 
-With `--method wake_sleep` the same two vae-cli runners train wake-sleep instead (its two phases a
-step, `wake_sleep.build`; compiled, each phase's update is one graph) and only the compiled / eager
-ratio is printed: the examples loop and the GEMM bound are AEVB's.
+With `--method wake_sleep` the two vae-cli runners train wake-sleep instead and only the compiled /
+eager ratio is printed: the reference loops and the GEMM bound are AEVB's.
 
 Then, unless `--no-rss`, the peak resident memory of real `vae-train` runs on all of MNIST, eager
 and compiled (the console script in a child process, 10^5 samples with its evaluations of the whole
@@ -25,8 +25,8 @@ train and test sets, checkpoints and figures), against the target of 1 GB.
 
 Usage: python benchmarks/train_throughput.py [--batch-sizes 100 1000] [--rounds 12] [--threads N] [--keep-denormals] [--no-rss]
                                             [--method aevb|wake_sleep]
-Prints datapoints/s, the ratio of vae-cli to the examples loop and vae-cli's share of the bound,
-and at M = 100 whether each meets its target (1.3x, 0.6; the median's unrounded value decides).
+Prints datapoints/s, the ratios of vae-cli to the lean and examples loops and its share of the bound,
+and at M = 100 whether the eager step meets its target (0.9 of the lean loop; the median decides).
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vae_cli.data import Dataset, load_dataset
-from vae_cli.optimizers import NonFiniteGuard
-from vae_cli.train import METHODS, Progress, configure_cpu, optimizers_of, training_step
+from vae_cli.jobs import configure_cpu
+from vae_cli.jobs.train import build_learner
+from vae_cli.optim import NonFiniteGuard
 
 D, H, J = 784, 500, 20
-TARGETS = {100: {"examples": 1.3, "gemm bound": 0.6}}  # the speed issue's, at M = 100; M = 1000 is reported only
+TARGETS = {100: {"lean": 0.9}}  # the eager step's, at M = 100; the others are reported
 
 
 def train_config(*overrides: str):
@@ -116,28 +117,55 @@ def examples_runner(train_x: torch.Tensor, batch_size: int):
     return step
 
 
-def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int, n_models: int = 1, seed: int = 0):
-    """One step of `vae-train` with `seed=seed` (cfg's method, AEVB by default): of one model, or of a
-    stack of `n_models` (trainer.n_models)."""
-    from vae_cli.generators import training_generators
-    from vae_cli.models import build_vae
-    from vae_cli.stacked import build_models
-
-    data = Dataset("mnist", train_x, train_x[:1000], train_x, (28, 28), "none")
-    model, _ = build_models(lambda g: build_vae(D, J, [H], "bernoulli", 0.01, g), seed, n_models)
-    method = METHODS[cfg.method.name](cfg, model, data.n_train, torch.device("cpu"))
-    progress, generators = Progress(), training_generators(seed, n_models, torch.device("cpu"))
-    guard = NonFiniteGuard(optimizers_of(method), skip=False, device=torch.device("cpu"))
+def lean_runner(train_x: torch.Tensor, batch_size: int):
+    """vae-cli's math (the paper's model, SGVB B, L = 1, Adagrad, weight prior M/N on the matrices) by hand."""
+    n, M = train_x.shape[0], batch_size
+    encoder, heads, decoder, out = nn.Linear(D, H), nn.Linear(H, 2 * J), nn.Linear(J, H), nn.Linear(H, D)
+    layers = (encoder, heads, decoder, out)
+    weights, biases = [m.weight for m in layers], [m.bias for m in layers]
+    optimizer = torch.optim.Adagrad([{"params": weights, "weight_decay": 1.0 / n}, {"params": biases}], lr=0.02, fused=True)
+    order, position = torch.randperm(n), n
 
     def step() -> None:
-        training_step(method, data, progress, generators, batch_size, guard)
-        if progress.step % cfg.trainer.progress_every == 0:  # the loop's one host read per progress_every steps
-            guard.collect(progress.step)
+        nonlocal order, position
+        if position + M > n:
+            order, position = torch.randperm(n), 0
+        x = train_x.index_select(0, order[position : position + M])
+        position += M
+        mu, log_var = heads(torch.tanh(encoder(x))).chunk(2, -1)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        logits = out(torch.tanh(decoder(z)))
+        kl = -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum()
+        loss = (F.binary_cross_entropy_with_logits(logits, x, reduction="sum") + kl) / M  # -(1/N) eq. (8)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
     return step
 
 
-def gemm_runner(batch_size: int):
+def vae_cli_runner(train_x: torch.Tensor, cfg, batch_size: int, n_models: int = 1, seed: int = 0, device: str = "cpu"):
+    """One step of `vae-train` with `seed=seed` (cfg's method, AEVB by default): of one model, or of a
+    stack of `n_models` (speed.n_models), with the guard's one host read per `progress_every` steps."""
+    from omegaconf import OmegaConf
+
+    train_x = train_x.to(device)
+    data = Dataset("mnist", train_x, train_x[:1000], train_x, (28, 28), "none")
+    cfg = OmegaConf.merge(cfg, {"seed": seed, "trainer": {"batch_size": batch_size}, "speed": {"n_models": n_models}})
+    learner = build_learner(cfg, data, torch.device(device))
+    guard, steps = NonFiniteGuard(torch.device(device)), 0
+
+    def step() -> None:
+        nonlocal steps
+        guard.observe(*learner.step())
+        steps += 1
+        if steps % cfg.trainer.progress_every == 0:
+            guard.collect(steps)
+
+    return step
+
+
+def gemm_runner(batch_size: int, device: str = "cpu"):
     """The step's matrix products: 4 forward, and dX (3; none for the input layer) + dW (4) backward."""
     M = batch_size
     shapes = [  # (rows, inner, cols) of every product in one training step
@@ -145,7 +173,7 @@ def gemm_runner(batch_size: int):
         (M, D, H), (M, H, J), (M, 2 * J, H),  # backward dX: output, decoder hidden, heads
         (D, M, H), (H, M, J), (2 * J, M, H), (H, M, D),  # backward dW (transposed products)
     ]
-    operands = [(torch.rand(a, b), torch.rand(b, c), torch.empty(a, c)) for a, b, c in shapes]
+    operands = [(torch.rand(a, b, device=device), torch.rand(b, c, device=device), torch.empty(a, c, device=device)) for a, b, c in shapes]
     flops = sum(2 * a * b * c for a, b, c in shapes)
 
     def step() -> None:
@@ -155,15 +183,18 @@ def gemm_runner(batch_size: int):
     return step, flops
 
 
-def rate(step, batch_size: int, min_seconds: float) -> float:
-    """Datapoints per second of `step` over at least `min_seconds` (after a warm-up)."""
+def rate(step, batch_size: int, min_seconds: float, sync=lambda: None) -> float:
+    """Datapoints per second of `step` over at least `min_seconds` (after a warm-up); `sync` waits for
+    queued device work (torch.cuda.synchronize on a GPU)."""
     for _ in range(3):
         step()
+    sync()
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < min_seconds:
         step()
         n += 1
-    return n * batch_size / elapsed
+    sync()
+    return n * batch_size / (time.perf_counter() - start)
 
 
 def training_run_peak_rss_mib(threads: int | None, *overrides: str) -> float:
@@ -171,7 +202,7 @@ def training_run_peak_rss_mib(threads: int | None, *overrides: str) -> float:
     usage (`wait4`), not the maximum over every child of this process (torch.compile's workers are some)."""
     with tempfile.TemporaryDirectory() as folder:
         args = [str(Path(sys.executable).parent / "vae-train"), "trainer.max_samples=1e5", "trainer.progress=false",
-                f"hydra.run.dir={folder}/run", *([f"trainer.threads={threads}"] if threads else []), *overrides]
+                f"hydra.run.dir={folder}/run", *([f"speed.threads={threads}"] if threads else []), *overrides]
         with open(Path(folder) / "stderr", "w+") as err:
             child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
             _, status, usage = os.wait4(child.pid, 0)
@@ -205,10 +236,10 @@ def per_round_ratio(rates: dict[str, list[float]], a: str, b: str, unit: str = "
 
 def parse_cpu_args(parser: argparse.ArgumentParser, threads: int | None = None) -> argparse.Namespace:
     """The CPU options every benchmark takes (--threads, --keep-denormals), parsed and applied as
-    vae-train and vae-eval apply them (`train.configure_cpu`), before torch starts its threads."""
+    vae-train and vae-eval apply them (`jobs.configure_cpu`), before torch starts its threads."""
     parser.add_argument("--threads", type=int, default=threads, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--keep-denormals", action="store_true",
-                        help="as trainer.flush_denormals=false: every runner computes on subnormal floats")
+                        help="as speed.flush_denormals=false: every runner computes on subnormal floats")
     args = parser.parse_args()
     configure_cpu(args.threads, flush_denormals=not args.keep_denormals)
     args.subnormals = "subnormals kept" if args.keep_denormals else "subnormals flushed"  # for the header line
@@ -231,12 +262,12 @@ def main() -> None:
     if args.method != "aevb":
         return compiled_against_eager(args)
     train_x, cfg, found = mnist_or_noise(50_000)
-    compiled_cfg = train_config("trainer.compile=true")
+    compiled_cfg = train_config("speed.compile=true")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
           f"MNIST model {D}-{H}-{J}, Adagrad, SGVB B, L=1; {args.rounds} interleaved rounds, median rates, ratios per round")
     for batch_size in args.batch_sizes:
         runners = {"vae-cli": vae_cli_runner(train_x, cfg, batch_size), "vae-cli compiled": vae_cli_runner(train_x, compiled_cfg, batch_size),
-                   "examples": examples_runner(train_x, batch_size)}
+                   "lean": lean_runner(train_x, batch_size), "examples": examples_runner(train_x, batch_size)}
         start = time.perf_counter()
         runners["vae-cli compiled"]()  # compiles at its first step
         compile_seconds = time.perf_counter() - start
@@ -249,29 +280,30 @@ def main() -> None:
         for name, value in med.items():
             print(f"  {name:<16} {value:>10,.0f} datapoints/s")
         for name in ("vae-cli", "vae-cli compiled"):
-            targets = TARGETS.get(batch_size, {})
-            print(f"  {name + ' / examples loop':<33}: {per_round_ratio(rates, name, 'examples', 'x', targets.get('examples'))}")
-            print(f"  {name + ' / GEMM bound':<33}: {per_round_ratio(rates, name, 'gemm bound', '', targets.get('gemm bound'))}")
+            target = TARGETS.get(batch_size, {}).get("lean") if name == "vae-cli" else None
+            print(f"  {name + ' / lean loop':<33}: {per_round_ratio(rates, name, 'lean', 'x', target)}")
+            print(f"  {name + ' / examples loop':<33}: {per_round_ratio(rates, name, 'examples', 'x')}")
+            print(f"  {name + ' / GEMM bound':<33}: {per_round_ratio(rates, name, 'gemm bound', '')}")
     if args.no_rss:
         return
     if not found:
         print("\npeak RSS not measured: vae-train needs the MNIST files (set VAE_CLI_DATA, or pass --no-rss)")
         return
     print()
-    kept = ("trainer.flush_denormals=false",) if args.keep_denormals else ()
-    for overrides in (kept, (*kept, "trainer.compile=true")):
+    kept = ("speed.flush_denormals=false",) if args.keep_denormals else ()
+    for overrides in (kept, (*kept, "speed.compile=true")):
         peak = training_run_peak_rss_mib(args.threads, *overrides)
         print(f"peak RSS of {' '.join(('vae-train', *overrides))} on MNIST (Nz={J}, 1e5 samples, whole-set evaluations): "
               f"{peak:,.0f} MiB (target < 1024 MiB: {'met' if peak < 1024 else 'NOT met'})")
 
 
 def compiled_against_eager(args: argparse.Namespace) -> None:
-    """`--method wake_sleep`: vae-cli's step of that method, eager against trainer.compile=true."""
+    """`--method wake_sleep`: vae-cli's step of that method, eager against speed.compile=true."""
     train_x, _, _ = mnist_or_noise(50_000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.subnormals}; "
           f"MNIST model {D}-{H}-{J}, Adagrad, method={args.method}; {args.rounds} interleaved rounds, median rates, ratios per round")
     for batch_size in args.batch_sizes:
-        runners = {name: vae_cli_runner(train_x, train_config(f"method={args.method}", f"trainer.compile={flag}"), batch_size)
+        runners = {name: vae_cli_runner(train_x, train_config(f"method={args.method}", f"speed.compile={flag}"), batch_size)
                    for name, flag in (("vae-cli", "false"), ("vae-cli compiled", "true"))}
         start = time.perf_counter()
         runners["vae-cli compiled"]()  # compiles at its first step

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import torch
 
-from conftest import compose_config
-from vae_cli.models import build_vae
-from vae_cli.runs import WALL_CLOCK_FIELDS, load_checkpoint, read_metrics
-from vae_cli.train import train
+from types import SimpleNamespace
 
-SHORT = ["trainer.eval_train_points=1000", "trainer.eval_test_points=1000", "trainer.progress=false", "trainer.figures=false"]
+from conftest import compose_config
+from vae_cli.jobs.train import train
+from vae_cli import models
+from vae_cli.runs import WALL_CLOCK_FIELDS, load_checkpoint, read_metrics
+
+SHORT = ["evaluation.train_points=1000", "evaluation.test_points=1000", "trainer.progress=false", "trainer.figures=false"]
+
+
+def model_spec(latent_dim: int, hidden, decoder: str, init_std: float, **choices) -> SimpleNamespace:
+    """What `models.build_vae` reads of the `model` config group, with eq. (12) as written unless
+    `choices` say otherwise (encoder_log_var_scale, encoder_log_var_init, decoder_variance, ...)."""
+    spec = {"latent_dim": latent_dim, "hidden": list(hidden), "decoder": decoder, "init_std": init_std, "encoder_log_var_scale": 1.0,
+            "encoder_log_var_init": "random", "decoder_variance": "data_dependent", "decoder_uniform_mixture": False,
+            "decoder_min_log_var": None}
+    return SimpleNamespace(**{**spec, **choices})
+
+
+def build_vae(data_dim: int, latent_dim: int, hidden, decoder: str, init_std: float, generator, **choices):
+    """`models.build_vae` from positional model settings (the tests' shorthand)."""
+    return models.build_vae(data_dim, model_spec(latent_dim, hidden, decoder, init_std, **choices), generator)
 
 
 def run_training(tmp_path, name, *overrides, data_root):
@@ -29,7 +45,7 @@ def straight_and_resumed(tmp_path, *overrides, data_root) -> tuple[dict, dict]:
     (of every model of a stack) agree exactly; return both final checkpoints for further checks."""
     run_training(tmp_path, "straight", "trainer.max_samples=6e3", *overrides, data_root=data_root)
     run_training(tmp_path, "split", "trainer.max_samples=3e3", *overrides, data_root=data_root)
-    run_training(tmp_path, "split", "trainer.max_samples=6e3", "trainer.resume=true", *overrides, data_root=data_root)
+    run_training(tmp_path, "split", "trainer.max_samples=6e3", "trainer.on_existing=resume", *overrides, data_root=data_root)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
     for name, tensor in a["model"].items():

@@ -1,6 +1,6 @@
 """Every benchmark script still runs to its ratios and exits 0, at its smallest settings.
 
-No timing is asserted (the numbers are the scripts' business, README Speed): these only keep the
+No timing is asserted (the numbers are the scripts' business, benchmarks/README.md): these only keep the
 scripts from rotting as the package changes under them, since nothing else imports them.
 """
 
@@ -15,13 +15,16 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 SMOKE = {  # script: (its smallest arguments, lines its output must hold)
     "train_throughput.py": (["--rounds", "2", "--seconds", "0.02", "--batch-sizes", "100", "--no-rss"],
-                            ["vae-cli / examples loop", "vae-cli compiled / GEMM bound", "(rounds "]),
+                            ["vae-cli / lean loop", "vae-cli / examples loop", "vae-cli compiled / GEMM bound", "(rounds "]),
     "train_throughput.py --method wake_sleep": (["--method", "wake_sleep", "--rounds", "2", "--seconds", "0.02", "--batch-sizes", "100"],
                                                 ["vae-cli compiled / vae-cli", "(rounds "]),
     "n_models_throughput.py": (["--models", "1", "2", "--rounds", "2", "--seconds", "0.02"], ["stack / separate", "(rounds "]),
     "hmc_throughput.py": (["--repeats", "1"], ["HMC kernel (one hmc_step)", "MCEM step"]),
     "eval_throughput.py": ([], ["iwae k=5000", "ais T=50", "test-set bound"]),
     "sweep_throughput.py": (["--samples", "1e3", "--rounds", "1"], ["speed-up of the sweep"]),
+    "process_throughput.py": (["--samples", "2e3", "--rounds", "1", "--threads", "1"], ["vae-train / examples loop", "vae-train compiled"]),
+    "gpu.py": (["--device", "cpu", "--tiny", "--seconds", "0.05", "--out", "gpu_out", "--budget", "120"],
+               ["(a) M = 100", "captured", "stack K=4", "(b) IWAE", "(c) 20000 samples on cpu", "(d) AEVB MNIST"]),
 }
 
 

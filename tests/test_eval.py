@@ -6,32 +6,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import yaml
+
 from conftest import compose_config
-from vae_cli.config import validate_eval
+from helpers import build_vae
+from vae_cli.config import to_container
 from vae_cli.errors import UserError
-from vae_cli.eval_run import evaluate
-from vae_cli.train import train
+from vae_cli.jobs.evaluate import evaluate, validate_eval
+from vae_cli.jobs.train import train
+from vae_cli.runs import CHECKPOINT_FORMAT, MODEL_FORMATS
+from vae_cli.saved import read_checkpoint, rebuild_model
 
 SCRIPT = Path(sys.executable).parent / "vae-eval"
-TINY = ["trainer=debug", "dataset.n_train=1000", "trainer.max_samples=2e3", "trainer.eval_first=1e3",
-        "trainer.progress=false", "trainer.figures=false"]
+LIKELIHOODS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "likelihood").glob("*.yaml"))
+TINY = ["trainer=debug", "dataset.n_train=1000", "trainer.max_samples=2e3", "evaluation.first=1e3",
+        "trainer.progress=false", "trainer.figures=false", "speed.threads=1"]  # one thread: quick on a busy machine too
 QUICK = ["n_points=3", "threads=1"]
 
 
-def vae_eval(*args: str, cwd: Path, data: Path) -> subprocess.CompletedProcess:
+def vae_eval(*args: str, cwd: Path, data: Path, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     assert SCRIPT.is_file(), f"{SCRIPT} missing: install the package with the README's command"
-    env = {**os.environ, "VAE_CLI_DATA": str(data)}
+    env = {**os.environ, "VAE_CLI_DATA": str(data), **(env_extra or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 def _train(folder: Path, data: Path, *overrides: str) -> Path:
@@ -70,6 +80,11 @@ def test_an_evaluation_prints_a_row_and_writes_summary_estimates_and_details(vae
     details = np.load(vae_run / "eval" / "iwae-test-001.npz")
     assert {"mc_std_err", "ess", "iwae_k1", "iwae_k10", "iwae_k50"} <= set(details.files)
     assert (details["iwae_k1"] <= details["iwae_k50"] + 5).all() and (details["ess"] <= 50 + 1e-9).all()
+    curve = result.stdout.split("(IWAE from the first k samples of each point)\n", 1)[1].splitlines()[:3]  # the whole k-curve
+    assert [line.split() for line in curve] == [[str(k), f"{summary['diagnostics'][f'iwae_k{k}']:.3f}"] for k in (1, 10, 50)]
+    assert f"{summary['diagnostics']['iwae_k50']:.3f}" == f"{summary['log_px']:.3f}"
+    bar = result.stderr.replace("\r", "\n")  # the progress bar: points, their rate, the running mean
+    assert "iwae test" in bar and "3/3" in bar and " points/s" in bar and f"log p(x) {summary['log_px']:.3f}" in bar
     assert list(tmp_path.iterdir()) == []  # nothing left in the working folder (Hydra's goes to a temporary one)
 
 
@@ -122,13 +137,14 @@ def test_appendix_d_warns_above_four_latent_dimensions(vae_run, shared_data, tmp
     assert "vae-eval: warning: appendix_d is reliable only below 5 latent dimensions" in result.stderr and "Nz=20" in result.stderr
 
 
-def test_a_checkpoint_of_format_1_evaluates_as_its_model_did(vae_run, shared_data, tmp_path):
-    """Format 2 changed only the optimizer's state (two parameter groups): the model reads the same."""
-    old, new = tmp_path / "format-1", tmp_path / "format-2"
+@pytest.mark.parametrize("version", [v for v in MODEL_FORMATS if v != CHECKPOINT_FORMAT])
+def test_a_checkpoint_of_an_earlier_format_evaluates_as_its_model_did(vae_run, shared_data, tmp_path, version):
+    """Formats 1 and 2 differ from 3 in the optimizer's and sampler's state only: the model reads the same."""
+    old, new = tmp_path / f"format-{version}", tmp_path / f"format-{CHECKPOINT_FORMAT}"
     for run in (old, new):
         shutil.copytree(vae_run, run, ignore=shutil.ignore_patterns("eval"))
     state = torch.load(old / "checkpoints" / "last.pt", weights_only=True)
-    torch.save({**state, "format_version": 1}, old / "checkpoints" / "last.pt")
+    torch.save({**state, "format_version": version}, old / "checkpoints" / "last.pt")
     estimates = []
     for run in (old, new):
         result = vae_eval(f"run_dir={run}", "likelihood=elbo", "likelihood.n_samples=5", *QUICK, cwd=tmp_path, data=shared_data)
@@ -136,6 +152,75 @@ def test_a_checkpoint_of_format_1_evaluates_as_its_model_did(vae_run, shared_dat
         (summary,) = (run / "eval").glob("*.json")
         estimates.append(json.loads(summary.read_text())["log_px"])
     assert estimates[0] == estimates[1]
+
+
+def _previous_config(as_written: bool) -> dict:
+    """The config.yaml / checkpoint config of an AEVB run of the previous version (checkpoint format 2):
+    trainer.eval_*, trainer.n_models, posterior.*, logger.name, dataset.hidden, ...; no reading, no
+    encoder_log_var_* (it ran eq. (12) as written), no warm-up. `as_written`: every key that version wrote,
+    also those of the other options its union schemas held (method.n_leapfrog: null on AEVB, optimizer.betas
+    on Adagrad); else only the keys of the options chosen."""
+    config = {
+        "dataset": {"name": "mnist", "root": None, "download": True, "binarize": "none", "binarize_seed": 0, "n_train": 1000,
+                    "test_split": "test", "train_frames": 1500, "hidden": [500], "decoder": "bernoulli"},
+        "model": {"name": "vae", "latent_dim": 3, "hidden": [50], "decoder": "bernoulli", "init_std": 0.1, "decoder_min_log_var": None},
+        "method": {"name": "aevb"},
+        "estimator": {"name": "sgvb_b", "n_samples": 1},
+        "optimizer": {"name": "adagrad", "lr": 0.02, "eps": 1e-10},
+        "prior": {"precision": 1.0, "scope": "weights"},
+        "trainer": {"batch_size": 100, "max_samples": 2000.0, "eval_schedule": "log", "eval_per_decade": 4, "eval_first": 1000.0,
+                    "eval_every": 1000000.0, "eval_estimator": "sgvb_b", "eval_n_samples": 1, "eval_train_points": 1000,
+                    "eval_test_points": 1000, "eval_batch_size": 1000, "checkpoint_every": 10000.0, "resume": False,
+                    "on_existing": "refuse", "progress": False, "progress_every": 10, "on_nan": "stop", "threads": None, "figures": False,
+                    "track_loglik": False, "loglik_points": 100, "n_models": 1, "compile": False, "flush_denormals": True},
+        "logger": {"name": "jsonl"}, "experiment_name": None, "scale_name": "full", "seed": 0, "device": "auto",
+    }
+    if as_written:
+        config["method"].update(n_leapfrog=None, n_weight_updates=None, target_accept=None, init_step_size=None, jitter=None)
+        config["optimizer"].update(momentum=0.0, betas=[0.9, 0.999])
+        config["posterior"] = {"init_log_sigma": -5.0, "kl": "closed_form", "eval_draws": 0}
+    return config
+
+
+@pytest.mark.parametrize("as_written", [True, False], ids=["as-written", "chosen-options-only"])
+def test_a_run_of_the_previous_version_still_loads_and_evaluates(shared_data, tmp_path, as_written):
+    """A format-2 checkpoint with the previous version's config keys, built by hand from a small model:
+    read_checkpoint + rebuild_model give back the same model (eq. (12) as written, not the new defaults'
+    scaled head), and vae-eval evaluates it exactly as the same weights under a format-3 checkpoint."""
+    model = build_vae(784, 3, [50], "bernoulli", 0.1, torch.Generator().manual_seed(5))
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=0.02)
+    old_config = _previous_config(as_written)
+    old = tmp_path / "previous"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "config.yaml").write_text(yaml.safe_dump(old_config, sort_keys=False))
+    (old / "metrics.jsonl").write_text(json.dumps({"samples": 2000, "step": 20, "train_bound": -200.0, "test_bound": -201.0}) + "\n")
+    torch.save({"format_version": 2, "config": old_config, "model": model.state_dict(), "method": {"optimizer": optimizer.state_dict()},
+                "rng": {"data": torch.Generator().get_state(), "noise": torch.Generator().get_state()},
+                "progress": {"step": 20, "samples": 2000, "epoch": 2.0, "position": 0, "wall_seconds": 1.0, "skipped": 0},
+                "permutation": None}, old / "checkpoints" / "last.pt")
+
+    cfg, state = read_checkpoint(old, torch.device("cpu"))
+    assert cfg.speed.n_models == 1 and cfg.evaluation.train_points == 1000 and cfg.evaluation.first == 1000
+    assert cfg.reading == "paper_text" and cfg.model.encoder_log_var_scale == 1.0 and cfg.model.encoder_log_var_init == "random"
+    rebuilt = rebuild_model(cfg, state, 784, torch.device("cpu"))
+    x = torch.rand(7, 784, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(7, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        q, q_rebuilt = model.encoder(x), rebuilt.encoder(x)
+        assert torch.equal(q.mean, q_rebuilt.mean) and torch.equal(q.log_var, q_rebuilt.log_var)
+        assert torch.equal(model.decoder(z).logits, rebuilt.decoder(z).logits)
+
+    new = tmp_path / "current"
+    (new / "checkpoints").mkdir(parents=True)
+    torch.save({"format_version": CHECKPOINT_FORMAT, "config": to_container(cfg), "model": model.state_dict()}, new / "checkpoints" / "last.pt")
+    estimates = []
+    for run in (old, new):
+        result = vae_eval(f"run_dir={run}", "likelihood=elbo", "likelihood.n_samples=5", *QUICK, cwd=tmp_path, data=shared_data)
+        assert result.returncode == 0, result.stderr
+        (summary,) = (run / "eval").glob("*.json")
+        estimates.append(json.loads(summary.read_text()))
+    assert estimates[0]["samples"] == 2000 and estimates[0]["latent_dim"] == 3 and np.isfinite(estimates[0]["log_px"])
+    assert estimates[0]["log_px"] == estimates[1]["log_px"]
 
 
 def _incompatible(run: Path) -> str:
@@ -155,32 +240,41 @@ def _foreign(run: Path) -> str:
 BAD_INPUTS = [
     (lambda run: [f"run_dir={run.parent}"], "no checkpoint at"),
     (lambda run: [f"run_dir={run.parent / 'missing'}"], "is not a folder"),
-    (lambda run: [f"run_dir={_incompatible(run)}"], "has checkpoint format 0, this vae-cli reads format 1 or 2; use a matching vae-cli version"),
+    (lambda run: [f"run_dir={_incompatible(run)}"], "has checkpoint format 0, this vae-cli reads format 1 or 2 or 3; use a matching vae-cli version"),
     (lambda run: [f"run_dir={_foreign(run)}"], "is not a readable vae-cli checkpoint"),
     (lambda run: [], "run_dir is required"),
-    (lambda run: [f"run_dir={run}", "likelihood.k=0"], "likelihood.k=0 must be positive"),
-    (lambda run: [f"run_dir={run}", "likelihood=ais", "likelihood.n_chains=0"], "likelihood.n_chains=0 must be positive"),
+    (lambda run: [f"run_dir={run}", "likelihood.k=0", "n_points=1"], "likelihood.k=0 must be positive"),
+    (lambda run: [f"run_dir={run}", "likelihood=ais", "likelihood.n_chains=0", "n_points=1"], "likelihood.n_chains=0 must be positive"),
     (lambda run: [f"run_dir={run}", "split=validation"], "split=validation is not one of train, test, valid"),
     (lambda run: [f"run_dir={run}", "n_points=10001"], "n_points=10001 exceeds the 10000 points of the test split"),
     (lambda run: [f"run_dir={run}", "split=train", "n_points=1001"], "n_points=1001 exceeds the 1000 points of the train split"),
-    (lambda run: [f"run_dir={run}", "likelihood=harmonic"], "unknown likelihood option 'harmonic'; choose one of: ais, appendix_d, elbo, iwae"),
+    (lambda run: [f"run_dir={run}", "likelihood=harmonic"], f"unknown likelihood option 'harmonic'; choose one of: {', '.join(LIKELIHOODS)}"),
     (lambda run: [f"run_dir={run}", "likelihood.chains=3"], "unknown config key 'likelihood.chains'"),
-    (lambda run: [f"run_dir={run}", "likelihood=ais", "likelihood.schedule=cosine"], "likelihood.schedule=cosine is not one of sigmoid, linear"),
+    (lambda run: [f"run_dir={run}", "likelihood=ais", "likelihood.schedule=cosine", "n_points=1"],
+     ("likelihood.schedule", "cosine", "sigmoid, linear")),
+    (lambda run: [f"run_dir={run}", "likelihood=appendix_d", "likelihood.density=kde", "n_points=1",
+                  "likelihood.n_samples=4", "likelihood.n_adapt=2"], ("likelihood.density", "kde", "gaussian, diagonal")),
+    (lambda run: [f"run_dir={run}", "likelihood=appendix_d", "likelihood.n_samples=1"], "likelihood.n_samples must be at least 2"),
+    (lambda run: [f"run_dir={run}", "theta_draws=2"], "theta_draws=2 applies to method=full_vb runs"),
+    (lambda run: [f"run_dir={run}", "member=1"], "member=1 picks a model of a run trained with speed.n_models>1"),
 ]
 
 
-@pytest.mark.parametrize("make_args,needle", BAD_INPUTS, ids=[n.split(";")[0][:40] for _, n in BAD_INPUTS])
+# n_points=1 where a missing check would start an estimate: the test then fails in seconds, not after a full one
+@pytest.mark.parametrize("make_args,needle", BAD_INPUTS, ids=[" ".join(n) if isinstance(n, tuple) else n.split(";")[0][:40] for _, n in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(vae_run, shared_data, tmp_path, make_args, needle):
+    """`needle`: words the line holds, or a tuple of fragments it holds each (the key, the value, the choices)."""
     args = make_args(vae_run)
     before = _files(vae_run.parent)
-    result = vae_eval(*args, cwd=tmp_path, data=shared_data)
+    result = vae_eval(*args, cwd=tmp_path, data=shared_data, timeout=120)  # refused before any estimate
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vae-eval: error: ") and needle in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("vae-eval: error: "), result.stderr
+    assert all(fragment in lines[0] for fragment in (needle if isinstance(needle, tuple) else (needle,))), lines[0]
     assert _files(vae_run.parent) == before and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("option", ["iwae", "ais", "appendix_d", "elbo"])
+@pytest.mark.parametrize("option", LIKELIHOODS)
 def test_every_likelihood_option_composes_and_validates(option):
     validate_eval(compose_config([f"likelihood={option}", "run_dir=somewhere"], config_name="eval"))
 
@@ -195,7 +289,7 @@ def test_the_default_is_iwae_with_5000_samples_on_the_test_set():
 def test_a_full_vb_run_is_evaluated_at_the_posterior_mean_or_over_draws_of_theta(shared_data, tmp_path):
     """`estimator=` spells `likelihood=`; theta_draws=K averages the estimate over K draws theta ~ q(theta)
     and says so; draws of theta widen the decoder, so their average ELBO lies below the mean's."""
-    run = _train(tmp_path / "fvb", shared_data, "method=full_vb", "model.latent_dim=5", "posterior.init_log_sigma=-2")
+    run = _train(tmp_path / "fvb", shared_data, "method=full_vb", "model.latent_dim=5", "method.init_log_sigma=-2")
     at_mean = vae_eval(f"run_dir={run}", "estimator=elbo", "n_points=50", "threads=1", cwd=tmp_path, data=shared_data)
     assert at_mean.returncode == 0, at_mean.stderr
     drawn = vae_eval(f"run_dir={run}", "estimator=elbo", "n_points=50", "threads=1", "theta_draws=4", cwd=tmp_path, data=shared_data)
@@ -207,7 +301,62 @@ def test_a_full_vb_run_is_evaluated_at_the_posterior_mean_or_over_draws_of_theta
 
 
 def test_mcem_runs_refuse_estimators_that_sample_from_q(shared_data, tmp_path):
-    run = _train(tmp_path / "mcem", shared_data, "method=mcem", "model.latent_dim=3", "model.hidden=[100]", "trainer.loglik_points=10")
+    run = _train(tmp_path / "mcem", shared_data, "method=mcem", "model.latent_dim=3", "model.hidden=[100]", "evaluation.loglik_points=10")
     refused = vae_eval(f"run_dir={run}", "likelihood=iwae", *QUICK, cwd=tmp_path, data=shared_data)
     assert refused.returncode == 2 and "trained by MCEM, which learns no q(z|x)" in refused.stderr
     assert vae_eval(f"run_dir={run}", "likelihood=appendix_d", *QUICK, cwd=tmp_path, data=shared_data).returncode == 0
+
+
+def _copy(run: Path, folder: Path) -> Path:
+    """A copy of a run without its eval/ folder: tests that write results do not disturb the others' names."""
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("eval"))
+    return folder
+
+
+def test_null_threads_are_one_for_hmc_estimators_and_the_usable_cores_otherwise(vae_run, shared_data, tmp_path):
+    run = _copy(vae_run, tmp_path / "run")
+    env = {**os.environ, "VAE_CLI_DATA": str(shared_data)}
+    torch_default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
+                                       text=True, env=env, check=True).stdout)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for args in (["likelihood=ais", "likelihood.n_steps=5", "likelihood.n_chains=2"], ["likelihood=elbo", "likelihood.n_samples=5"]):
+        result = vae_eval(f"run_dir={run}", *args, "n_points=2", cwd=tmp_path, data=shared_data)
+        assert result.returncode == 0, result.stderr
+    threads = {json.loads(p.read_text())["estimator"]: json.loads(p.read_text())["threads"] for p in (run / "eval").glob("*.json")}
+    assert threads == {"ais": 1, "elbo": min(torch_default, cores)}
+
+
+def test_a_leading_tilde_in_an_override_is_the_home_folder(vae_run, shared_data, tmp_path):
+    _copy(vae_run, tmp_path / "run")
+    (tmp_path / "data").symlink_to(shared_data)
+    result = vae_eval("run_dir=~/run", "dataset.root=~/data", "likelihood=elbo", "likelihood.n_samples=2", *QUICK, cwd=tmp_path,
+                      data=tmp_path / "nowhere", env_extra={"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(next((tmp_path / "run" / "eval").glob("elbo-test-*.json")).read_text())["run_dir"] == str(tmp_path / "run")
+
+
+def test_ctrl_c_during_an_estimate_says_nothing_was_written(vae_run, shared_data, tmp_path):
+    """The default estimate (IWAE, k = 5000, the 10,000 test points) takes minutes: interrupted once its bar
+    shows a running mean, it stops at once, in one line, and leaves the run as it was."""
+    run = _copy(vae_run, tmp_path / "run")
+    before = _files(run)
+    env = {**os.environ, "VAE_CLI_DATA": str(shared_data)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([str(SCRIPT), f"run_dir={run}", "batch_size=10", "threads=1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    err = bytearray()
+    reader = threading.Thread(target=lambda: [err.extend(b) for b in iter(lambda: proc.stderr.read1(4096), b"")], daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while b"log p(x) -" not in err and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, err.decode()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = proc.stdout.read()
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert re.split(r"[\r\n]+", text.strip())[-1] == "vae-eval: interrupted; nothing was written"
+    assert "Traceback" not in text and out == b""
+    assert _files(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

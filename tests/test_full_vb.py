@@ -1,6 +1,6 @@
 """Full VB over the decoder parameters (AEVB App. F): the math against exact answers, then the run.
 
-1. On a conjugate linear-Gaussian model, training q(theta) by `FullVB.step` reaches the exact optimum.
+1. On a conjugate linear-Gaussian model, training q(theta) by `methods.take_step` reaches the exact optimum.
 2. The closed-form KL(q(theta) || p(theta)) equals its Monte Carlo form within standard errors.
 3. The per-minibatch estimator's expectation equals a direct Monte Carlo evaluation of eq. (22).
 Tolerances come from standard errors (4 of them) or from the noise left after averaging iterates.
@@ -14,16 +14,21 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from hydra.errors import ConfigCompositionException
+
 from conftest import compose_config
+from helpers import build_vae
 from vae_cli import full_vb
 from vae_cli.config import validate
 from vae_cli.data import load_dataset
 from vae_cli.errors import UserError
-from vae_cli.estimators import get_estimator
-from vae_cli.evaluate import evaluation_generator
-from vae_cli.models import build_vae
+from vae_cli.estimators import get_estimator, noise
+from vae_cli.generators import evaluation_generator
+from vae_cli.jobs.train import train
+from vae_cli.methods import Minibatch, take_step
+from vae_cli.methods import full_vb as full_vb_method
+from vae_cli.models import build_vae as build_configured_vae
 from vae_cli.runs import WALL_CLOCK_FIELDS, load_checkpoint, read_metrics
-from vae_cli.train import train
 
 CPU = torch.device("cpu")
 F64 = torch.float64
@@ -72,22 +77,28 @@ def test_q_theta_reaches_the_exact_posterior_of_a_conjugate_linear_gaussian_mode
     exact_mean = torch.linalg.solve(alpha * torch.eye(D, dtype=F64) + N * torch.linalg.inv(C), torch.linalg.solve(C, x.sum(0)))
     exact_var = 1.0 / (alpha + N / noise_var)
 
-    cfg = compose_config(["method=full_vb", "model=linear_gaussian", "optimizer.lr=0.3", "posterior.init_log_sigma=-3",
+    cfg = compose_config(["method=full_vb", "model=linear_gaussian", "optimizer.lr=0.3", "method.init_log_sigma=-3",
                           f"trainer.batch_size={M}", f"prior.precision={alpha}"])
-    method = full_vb.build(cfg, model, N, CPU, covered=["linear.bias"])
+    method = full_vb_method.build(cfg, model, N, CPU, torch.Generator())
+    for name in ("linear.weight", "log_var"):  # W and s^2 are known: q(theta) of them a point mass that is not trained
+        with torch.no_grad():
+            method.posterior.log_std[name].fill_(-30.0)  # theta~ = mu + 1e-13 zeta
+        method.posterior.log_std[name].requires_grad_(False)
     mean, log_std = method.posterior.mean["linear.bias"], method.posterior.log_std["linear.bias"]
+    W_before = W.detach().clone()
     start_error = (mean - exact_mean).abs().max().item()
     mean_sum, log_std_sum, n_avg = torch.zeros(D, dtype=F64), torch.zeros(D, dtype=F64), 0
     for step in range(steps):
         if step % (N // M) == 0:
             order = torch.randperm(N, generator=g)
         idx = order[(step % (N // M)) * M:][:M]
-        method.step(x[idx], idx, g)
+        take_step(method, Minibatch(x[idx], idx), g)
         if step >= steps // 2:  # average the second half of the iterates (Polyak) to remove SGD noise
             mean_sum += mean.detach()
             log_std_sum += log_std.detach()
             n_avg += 1
     learned_mean, learned_var = mean_sum / n_avg, torch.exp(2 * log_std_sum / n_avg)
+    assert torch.equal(W, W_before) and (method.posterior.log_std["log_var"] == -30.0).all()  # the known parts stayed put
     exact_sd = math.sqrt(exact_var)
     assert start_error > 5 * exact_sd  # it starts far away
     assert (learned_mean - exact_mean).abs().max().item() < 0.15 * exact_sd
@@ -153,6 +164,12 @@ def _eq22_by_hand(model, posterior, x: torch.Tensor, alpha: float, n_draws: int,
     return (f / N).detach()
 
 
+def _minibatch_estimate(model, posterior, x, estimator, n_train, alpha, kl, g):
+    """The mean of `sgvb_full_vb` over a minibatch at fresh draws zeta (theta~ = h_phi(zeta)) and eps (z)."""
+    zeta = posterior.noise(g)
+    return full_vb.sgvb_full_vb(model, posterior, x, noise(model, x, 1, g), zeta, estimator, n_train, alpha, kl).mean()
+
+
 @pytest.mark.parametrize("kl", ["closed_form", "monte_carlo"])
 @pytest.mark.parametrize("estimator", ["sgvb_a", "sgvb_b"])
 def test_minibatch_estimator_has_the_expectation_of_eq_22(kl, estimator):
@@ -162,7 +179,7 @@ def test_minibatch_estimator_has_the_expectation_of_eq_22(kl, estimator):
     x = torch.rand(N, 4, generator=g, dtype=F64)
     with torch.no_grad():
         ours = torch.stack([
-            full_vb.sgvb_full_vb(model, posterior, x[torch.randperm(N, generator=g)[:M]], get_estimator(estimator), 1, N, alpha, kl, g).mean()
+            _minibatch_estimate(model, posterior, x[torch.randperm(N, generator=g)[:M]], get_estimator(estimator), N, alpha, kl, g)
             for _ in range(reps)
         ])
         direct = _eq22_by_hand(model, posterior, x, alpha, 60_000, g)
@@ -192,19 +209,21 @@ def test_draws_average_the_bound_over_q_and_sigma_to_zero_gives_the_mean():
 
 def test_full_vb_config_composes_and_a_flat_prior_is_refused():
     validate(compose_config(["method=full_vb", "model.latent_dim=5", "dataset=frey"]))  # the issue's commands
-    cfg = compose_config(["method=full_vb", "posterior.init_log_sigma=-6", "prior.precision=1"])
+    cfg = compose_config(["method=full_vb", "method.init_log_sigma=-6", "prior.precision=1"])
     validate(cfg)
-    assert cfg.posterior.init_log_sigma == -6 and cfg.posterior.kl == "closed_form" and cfg.posterior.eval_draws == 0
+    assert cfg.method.init_log_sigma == -6 and cfg.method.kl == "closed_form" and cfg.method.eval_draws == 0
     for override, needle in [("prior.precision=0", "method=full_vb needs a proper hyperprior"),
-                             ("posterior.kl=sampled", "posterior.kl=sampled is not one of closed_form, monte_carlo"),
-                             ("posterior.eval_draws=-1", "posterior.eval_draws=-1 must be >= 0")]:
+                             ("method.eval_draws=-1", "method.eval_draws=-1 must be >= 0")]:
         with pytest.raises(UserError, match=needle):
             validate(compose_config(["method=full_vb", override]))
+    with pytest.raises(ConfigCompositionException) as info:  # a choice outside the KLForm enum fails at composition
+        compose_config(["method=full_vb", "method.kl=sampled"])
+    assert "Invalid value 'sampled', expected one of [closed_form, monte_carlo]" in str(info.value.__cause__)
 
 
-FREY = ["dataset=frey", "model.latent_dim=5", "method=full_vb", "trainer.eval_train_points=300", "trainer.eval_test_points=200",
-        "trainer.eval_first=1e3", "trainer.progress=false", "trainer.figures=false", "trainer.checkpoint_every=1e3", "posterior.kl=monte_carlo",
-        "posterior.eval_draws=2"]
+FREY = ["dataset=frey", "model.latent_dim=5", "method=full_vb", "evaluation.train_points=300", "evaluation.test_points=200",
+        "evaluation.first=1e3", "trainer.progress=false", "trainer.figures=false", "trainer.checkpoint_every=1e3", "method.kl=monte_carlo",
+        "method.eval_draws=2"]
 
 
 def test_full_vb_resumes_exactly_and_its_checkpoint_rebuilds_q_theta(tmp_path, shared_data, one_thread):
@@ -213,12 +232,13 @@ def test_full_vb_resumes_exactly_and_its_checkpoint_rebuilds_q_theta(tmp_path, s
 
     run("straight", "trainer.max_samples=4e3")
     run("split", "trainer.max_samples=2e3")
-    run("split", "trainer.max_samples=4e3", "trainer.resume=true")
+    run("split", "trainer.max_samples=4e3", "trainer.on_existing=resume")
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
     assert all(torch.equal(t, b["model"][n]) for n, t in a["model"].items())  # encoder and q's means
-    assert set(a["method"]["log_std"]) == {n.removeprefix("decoder.") for n in a["model"] if n.startswith("decoder.")}
-    assert all(torch.equal(t, b["method"]["log_std"][n]) for n, t in a["method"]["log_std"].items())
+    log_std_a, log_std_b = a["method"]["extra"]["log_std"], b["method"]["extra"]["log_std"]
+    assert set(log_std_a) == {n.removeprefix("decoder.") for n in a["model"] if n.startswith("decoder.")}
+    assert all(torch.equal(t, log_std_b[n]) for n, t in log_std_a.items())
     rows = read_metrics(tmp_path / "straight")
     split = {r["samples"]: r for r in read_metrics(tmp_path / "split")}
     assert all({k: v for k, v in split[r["samples"]].items() if k not in WALL_CLOCK_FIELDS}
@@ -228,7 +248,7 @@ def test_full_vb_resumes_exactly_and_its_checkpoint_rebuilds_q_theta(tmp_path, s
     # q(theta) from the checkpoint alone: the last row's test bound again (what vae-eval will do)
     cfg = compose_config([f"dataset.root={shared_data}", *FREY])
     data = load_dataset(cfg.dataset, CPU)
-    model = build_vae(data.data_dim, 5, [200], "gaussian_sigmoid", 0.01, torch.Generator())
+    model = build_configured_vae(data.data_dim, cfg.model, torch.Generator())  # the run's model (its reading's encoder head)
     model.load_state_dict(a["model"])
     posterior = full_vb.posterior_from_checkpoint(model, a)
     assert set(posterior.log_std) == {n for n, _ in model.decoder.named_parameters()}

@@ -27,7 +27,7 @@ SMALL = ["trainer.max_samples=3e3", "evaluation.schedule=linear", "evaluation.ev
          "model.hidden=[32]", "model.latent_dim=4"]
 AUTHOR = ["model.encoder_log_var_scale=0.1", "model.encoder_log_var_init=zero", "optimizer.initial_accumulator_value=1e-8",
           "optimizer.warmup_steps=10", "trainer.minibatches=with_replacement"]
-PAPER = ["model.encoder_log_var_scale=1.0", "model.encoder_log_var_init=random", "optimizer.initial_accumulator_value=0.0",
+PAPER = ["reading=paper_text", "model.encoder_log_var_scale=1.0", "model.encoder_log_var_init=random", "optimizer.initial_accumulator_value=0.0",
          "optimizer.warmup_steps=0", "trainer.minibatches=epochs"]
 RUNS = {
     "aevb_paper": ["dataset.n_train=1000", *PAPER],
@@ -39,7 +39,7 @@ RUNS = {
     "aevb_frey_per_pixel": ["dataset=frey", "dataset.split=shuffled", "dataset.train_frames=1600", "model.decoder_variance=per_pixel",
                             "model.decoder_uniform_mixture=true", "optimizer.lr=0.1", *AUTHOR],
     "wake_sleep_frey_mixture": ["method=wake_sleep", "dataset=frey", "dataset.split=shuffled", "dataset.train_frames=1600",
-                                "model.decoder_uniform_mixture=true", *AUTHOR],
+                                "model.decoder_variance=data_dependent", "model.decoder_uniform_mixture=true", "optimizer.lr=0.02", *AUTHOR],
 }
 
 

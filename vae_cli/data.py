@@ -109,7 +109,7 @@ def load_dataset(cfg, device: torch.device) -> Dataset:
     to_unit = lambda a: torch.from_numpy(a.astype(np.float32) / np.float32(256.0))  # noqa: E731
     train_x, test_x = to_unit(train), to_unit(test)
     train_eval = train_x
-    binarize = getattr(cfg, "binarize", "none")  # MNIST only
+    binarize = cfg.binarize if cfg.name == "mnist" else "none"  # real-valued Frey Face is never binarized
     if binarize in ("static", "dynamic"):
         # one fixed draw of each set for evaluation; static binarization also trains on it
         g = torch.Generator().manual_seed(cfg.binarize_seed)
@@ -118,4 +118,4 @@ def load_dataset(cfg, device: torch.device) -> Dataset:
             train_x = train_eval
     train_x, test_x = train_x.to(device), test_x.to(device)
     train_eval = train_eval.to(device) if binarize == "dynamic" else train_x
-    return Dataset(cfg.name, train_x, test_x, train_eval, IMAGE_SHAPES[cfg.name], str(getattr(binarize, "value", binarize)))
+    return Dataset(cfg.name, train_x, test_x, train_eval, IMAGE_SHAPES[cfg.name], binarize)

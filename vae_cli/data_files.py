@@ -152,29 +152,35 @@ def default_root() -> Path:
 
 
 def _download(root: Path, name: str) -> None:
-    """Fetch the canonical files with pooch and their published checksums."""
+    """Fetch the canonical files with pooch and their published checksums; a failure is one line with
+    the reason's whole first line, the URLs tried and the fix."""
     import pooch
 
     logger, level = pooch.get_logger(), pooch.get_logger().level
     logger.setLevel("WARNING")  # pooch logs each download on stderr, where only errors go
     print(f"downloading {name} into {root}")
+    tried: list[str] = []  # the URLs of the file being fetched
     try:
         if name == "mnist":
             for fname, md5 in MNIST_IDX_MD5.items():
-                for i, mirror in enumerate(MNIST_MIRRORS):
+                tried = [mirror + fname for mirror in MNIST_MIRRORS]
+                for i, url in enumerate(tried):
                     try:
-                        pooch.retrieve(mirror + fname, known_hash=f"md5:{md5}", fname=fname, path=root, progressbar=False)
+                        pooch.retrieve(url, known_hash=f"md5:{md5}", fname=fname, path=root, progressbar=False)
                         break
                     except Exception:
-                        if i == len(MNIST_MIRRORS) - 1:
+                        if i == len(tried) - 1:
                             raise
         else:  # no published file checksum: the content hash is checked on load
+            tried = [FREY_URL]
             pooch.retrieve(FREY_URL, known_hash=None, fname=FREY_MAT, path=root, progressbar=False)
     except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        files = {"mnist": f"{MNIST_PICKLE}, or the four IDX files ({', '.join(MNIST_IDX.values())}),",
+                 "frey": f"{FREY_PICKLE} or {FREY_MAT}"}[name]
         raise UserError(
-            f"could not download {name} into {root} ({reason[:160]}); copy the files there by hand "
-            "or set dataset.root= to a folder that holds them"
+            f"could not download {name} into {root} ({type(e).__name__}{': ' + reason if reason else ''}; tried {' and '.join(tried)}); "
+            f"copy {files} into {root} by hand, or set dataset.root= (or the VAE_CLI_DATA variable) to a folder that holds them"
         ) from None
     finally:
         logger.setLevel(level)

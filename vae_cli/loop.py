@@ -47,6 +47,8 @@ class Progress:
     samples: int = 0  # training samples evaluated = steps x M
     wall_seconds: float = 0.0  # training and evaluation time, summed over resumptions
     skipped: int = 0  # updates skipped for a non-finite bound or gradient (trainer.on_nan=skip_batch)
+    running_sum: float = 0.0  # sum of the steps' mean minibatch bounds since the last scheduled evaluation
+    running_steps: int = 0  # the number of those steps
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Hooks:
     checkpoint: Callable[[Progress], object]  # save everything needed to continue; returns where
     diverged: Callable[[int], Exception]  # the error for a non-finite step, given its number
     schedule: list[int] = field(default_factory=list)  # sample counts still to evaluate at
+    restarts: set[int] = field(default_factory=set)  # evaluations after which the running minibatch bound starts again
 
 
 def evaluation_points(schedule: str, per_decade: int, first: float, every: float, batch_size: int, max_samples: int) -> list[int]:
@@ -74,7 +77,6 @@ def train_loop(learner: Learner, progress: Progress, max_samples: int, checkpoin
                guard: NonFiniteGuard, bar: tqdm, stop: GracefulStop, refresh_every: int, resume_command: str) -> None:
     """Algorithm 1 until `max_samples`, with the evaluations, checkpoints and stops around it."""
     next_checkpoint = (progress.samples // checkpoint_every + 1) * checkpoint_every
-    running = [0.0, 0]  # sum and count of the minibatch bounds since the last evaluation
     base, start = progress.wall_seconds, time.perf_counter()
 
     def wall() -> float:  # training and evaluation time of the run so far
@@ -85,9 +87,8 @@ def train_loop(learner: Learner, progress: Progress, max_samples: int, checkpoin
         if steps.bad and not learner.skip_nonfinite:
             raise hooks.diverged(steps.first_bad)
         progress.skipped += steps.bad
+        progress.running_sum, progress.running_steps = guard.running()
         if steps.mean_bound is not None:
-            running[0] += steps.mean_bound * steps.good
-            running[1] += steps.good
             bar.set_postfix({"bound": f"{steps.mean_bound:.2f}"}, refresh=False)
         bar.update(progress.samples - bar.n)
         progress.wall_seconds = wall()
@@ -95,8 +96,10 @@ def train_loop(learner: Learner, progress: Progress, max_samples: int, checkpoin
     while True:
         if hooks.schedule and progress.samples >= hooks.schedule[0]:
             refresh()
-            hooks.evaluate(progress, running[0] / running[1] if running[1] else None, wall)
-            running[:] = [0.0, 0]
+            hooks.evaluate(progress, progress.running_sum / progress.running_steps if progress.running_steps else None, wall)
+            if progress.samples in hooks.restarts:  # not at a run's own last evaluation: a resumed run must log the same
+                progress.running_sum, progress.running_steps = 0.0, 0
+                guard.restart_running()
             hooks.schedule.pop(0)
         if progress.samples >= max_samples:
             break

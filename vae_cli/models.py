@@ -22,24 +22,21 @@ from .distributions import LOG_2PI, Bernoulli, DiagonalGaussian, UniformMixture,
 
 
 class MLP(nn.Module):
-    """tanh hidden layers followed by one linear output layer (App. C); no hidden layer = linear.
+    """tanh hidden layers followed by one linear output layer (App. C); no hidden layer = linear."""
 
-    `row_scale`, when given, multiplies each row of the output weight matrix (not the bias): output
-    row r is row_scale[r] (W h)_r + b_r."""
-
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, row_scale: torch.Tensor | None = None):
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int):
         super().__init__()
         sizes = [in_dim, *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(sizes[-1], out_dim)
-        self.register_buffer("row_scale", row_scale, persistent=False)  # not a parameter, not in checkpoints
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def features(self, v: torch.Tensor) -> torch.Tensor:
         for layer in self.hidden:
             v = torch.tanh(layer(v))  # h = tanh(W v + b), App. C
-        if self.row_scale is None:
-            return self.out(v)
-        return F.linear(v, self.out.weight * self.row_scale[:, None], self.out.bias)
+        return v
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(v))
 
 
 class GaussianMLP(nn.Module):
@@ -66,17 +63,18 @@ class GaussianMLP(nn.Module):
         uniform_mixture: bool = False,
     ):
         super().__init__()
-        scale = None
-        if log_var_scale != 1.0 and not per_pixel_variance:
-            scale = torch.cat([torch.ones(out_dim), torch.full((out_dim,), log_var_scale)])  # [W4; s W5]
-        self.net = MLP(in_dim, hidden, out_dim if per_pixel_variance else 2 * out_dim, scale)
+        self.net = MLP(in_dim, hidden, out_dim if per_pixel_variance else 2 * out_dim)
+        self.log_var_scale = log_var_scale
         self.log_var = nn.Parameter(torch.zeros(out_dim)) if per_pixel_variance else None  # starts at sigma = 1
         self.uniform_logit = nn.Parameter(torch.zeros(out_dim)) if uniform_mixture else None  # weight 1/2 at the start
         self.mean_fn = mean_fn
         self.min_log_var = min_log_var
 
     def forward(self, v: torch.Tensor) -> DiagonalGaussian | UniformMixture:
-        if self.log_var is None:
+        if self.log_var is None and self.log_var_scale != 1.0:  # [W4; s W5] h + [b4; b5]
+            W, J = self.net.out.weight, self.net.out.weight.shape[0] // 2
+            mean, log_var = F.linear(self.net.features(v), torch.cat([W[:J], self.log_var_scale * W[J:]]), self.net.out.bias).chunk(2, dim=-1)
+        elif self.log_var is None:
             mean, log_var = self.net(v).chunk(2, dim=-1)
         else:
             mean = self.net(v)

@@ -104,11 +104,14 @@ class NonFiniteGuard:
     """Keeps each step's non-finite flag and the sum of its shown bounds on the device, and reads them
     back in one host sync per `collect()` (every `trainer.progress_every` steps). A step is bad when
     its bound is non-finite (the sum in float64 is non-finite exactly when a value is) or one of its
-    updates had a non-finite gradient (`apply_gradients`)."""
+    updates had a non-finite gradient (`apply_gradients`). Beside them it keeps, step by step in
+    order, the total of the good steps' mean bounds and their number (`running`): the author's train
+    curve, the same however often the host reads it."""
 
-    def __init__(self, device: torch.device, capacity: int = 64):
+    def __init__(self, device: torch.device, capacity: int = 64, running: tuple[float, int] = (0.0, 0)):
         self._found = torch.zeros(capacity, device=device)
         self._sums = torch.zeros(capacity, device=device, dtype=torch.float64)
+        self._running = torch.tensor(running, device=device, dtype=torch.float64)  # (total of mean bounds, good steps)
         self._points = 0  # datapoints a step's bound sums over
         self._pending = 0  # steps observed since the last collect()
 
@@ -117,9 +120,20 @@ class NonFiniteGuard:
             self._found = torch.cat([self._found, torch.zeros_like(self._found)])
             self._sums = torch.cat([self._sums, torch.zeros_like(self._sums)])
         self._found[self._pending] = nonfinite
-        torch.sum(bounds.detach().flatten(), 0, dtype=torch.float64, out=self._sums[self._pending])
+        total = self._sums[self._pending]
+        torch.sum(bounds.detach().flatten(), 0, dtype=torch.float64, out=total)
+        good = torch.isfinite(total) & (nonfinite == 0)
+        self._running += torch.stack([torch.where(good, total / bounds.numel(), 0.0), good.double()])
         self._points = bounds.numel()
         self._pending += 1
+
+    def running(self) -> tuple[float, int]:
+        """The total of the good steps' mean bounds since the last `restart_running`, and their number."""
+        total, steps = self._running.tolist()
+        return total, int(steps)
+
+    def restart_running(self) -> None:
+        self._running.zero_()
 
     def collect(self, step: int) -> StepsReport:
         """The steps since the last call, given `step`, the number of the last step taken; resets."""

@@ -2,7 +2,10 @@
 
 Values are nats per datapoint read off the arXiv v10 vector graphics (reading error about +-0.5
 nat for MNIST, +-10 for Frey Face, +-0.3 for Fig. 3); None where the curve is off the axis or the
-paper shows no value. Keys: (dataset, N_z, method, split) -> {samples: value}.
+paper shows no value. Keys: (dataset, N_z, method, split) -> {samples: value}. `fig2_model`,
+`fig3_model` and `paper_curve` say whether a run (its flat config keys) trains one of the paper's models
+and which of these values it compares with; the axes, names and colours of the paper's figures close
+the module.
 """
 
 from __future__ import annotations
@@ -65,3 +68,44 @@ FIG3_MODEL = {"dataset": "mnist", "hidden": [100], "latent_dim": 3}  # PAPER.md 
 FIG3_CHECKPOINTS = (10**7, 6 * 10**7)
 FIG2_YLIM = {"mnist": (-150, -95), "frey": (0, 1600)}  # the paper's axes
 FIG3_YLIM = {1000: (-160, -100), 50000: (-160, -125)}
+FIG2_XLIM = {"mnist": (1e5, 2.5e8), "frey": (1e5, 1e8)}  # the paper's x-axes (log)
+DATA_NAMES = {"mnist": "MNIST", "frey": "Frey Face"}
+METHOD_COLOURS = {"aevb": "tab:red", "wake_sleep": "tab:green", "mcem": "tab:blue", "full_vb": "tab:purple"}  # the paper's legends
+METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep", "mcem": "MCEM", "full_vb": "Full VB"}
+_DECODERS = {"mnist": "bernoulli", "frey": "gaussian_sigmoid"}  # PAPER.md §6
+
+
+def fig2_model(config: dict) -> bool:
+    """Whether a run (flat config keys) trains one of the models of the paper's Fig. 2: the data set's
+    hidden units and decoder, all training data, a panel's N_z, AEVB or wake-sleep."""
+    data = config.get("dataset.name")
+    return (data in FIG2_PANELS and config.get("model.name") == "vae" and list(config.get("model.hidden") or []) == FIG2_HIDDEN[data]
+            and config.get("model.decoder") == _DECODERS[data] and config.get("dataset.n_train") is None
+            and config.get("model.latent_dim") in FIG2_PANELS[data] and config.get("method.name") in ("aevb", "wake_sleep"))
+
+
+def fig3_train_size(config: dict) -> int | None:
+    """Fig. 3's panel of a run: its N_train (all of MNIST's training set is 50000)."""
+    return config.get("dataset.n_train") or (50000 if config.get("dataset.name") == "mnist" else None)
+
+
+def fig3_model(config: dict) -> bool:
+    """Whether a run trains the model of the paper's Fig. 3 (MNIST, 100 hidden units, N_z = 3) on one
+    of its training sets with one of its methods."""
+    model = (config.get("dataset.name"), list(config.get("model.hidden") or []), config.get("model.latent_dim"))
+    return (model == tuple(FIG3_MODEL.values())
+            and config.get("model.name") == "vae" and fig3_train_size(config) in FIG3_YLIM
+            and config.get("method.name") in ("aevb", "wake_sleep", "mcem"))
+
+
+def paper_curve(config: dict, quantity: str, split: str) -> dict[int, float]:
+    """The paper's values {samples: value} for a run's `quantity` ("bound": Fig. 2, "loglik": Fig. 3)
+    on `split`, when the run trains one of the paper's models; else {}."""
+    method = config.get("method.name")
+    if quantity == "bound" and fig2_model(config):
+        table = FIG2_BOUND.get((config["dataset.name"], config["model.latent_dim"], method, split), {})
+    elif quantity == "loglik" and fig3_model(config):
+        table = FIG3_LOGLIK.get((fig3_train_size(config), method, split), {})
+    else:
+        return {}
+    return {n: v for n, v in table.items() if v is not None}

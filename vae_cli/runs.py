@@ -5,7 +5,8 @@ evaluation), `checkpoints/last.pt` (everything needed to continue exactly) and `
 Every file is written to a temporary name, flushed to disk and renamed, so a crash or a kill at any
 moment leaves the previous version whole (TensorBoard's event files in `tb/` are the exception:
 append-only by design, and a resumed run purges the events past its checkpoint). A folder that
-already holds a run is never written into unless the run is being resumed.
+already holds a run is never written into unless the run is being resumed, and one vae-train at a
+time trains in a folder (`RunLock`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import json
 import os
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ WALL_CLOCK_FIELDS = ("wall_seconds", "samples_per_second")  # the only fields th
 RESUMABLE_CHANGES = {
     "trainer.max_samples", "trainer.progress", "trainer.progress_every", "trainer.checkpoint_every", "trainer.figures",
     "trainer.on_nan", "trainer.on_existing", "speed.threads", "speed.compile", "speed.flush_denormals", "dataset.root",
-    "dataset.download", "device", "logger.tensorboard", "logger.mlflow", "logger.mlflow_uri",
+    "dataset.download", "device", "logger.tensorboard", "logger.mlflow", "logger.mlflow_uri", "logger.mlflow_experiment",
 }
 # Configs written by earlier versions: key renames, and keys they lacked with the value they ran with.
 RENAMED_KEYS = {
@@ -148,9 +150,67 @@ def config_differences(saved: dict, requested: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
 
-def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
+class RunLock:
+    """An exclusive lock on a run folder, held by the one vae-train that trains in it.
+
+    `flock` on the folder's own descriptor: no file is added to the folder, and the kernel drops the
+    lock when the process ends, however it ends (a kill included). A second trainer is refused in one
+    line naming the first one's pid (read from /proc/locks where there is one). On a file system
+    without flock (some network ones) the run goes on unlocked.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock if the folder exists (else the caller calls again once it does)."""
+        if self.fd is not None or os.name != "posix" or not self.run_dir.is_dir():
+            return
+        import fcntl
+
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = lock_holder(self.run_dir)
+            raise UserError(f"{self.run_dir} is being trained by another vae-train{f' (pid {pid})' if pid else ''}; "
+                            "wait for it to finish or stop it") from None
+        except OSError:  # no flock here
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The pid holding a flock on `folder`, from /proc/locks (Linux); None where it cannot be told."""
+    with suppress(OSError, ValueError):
+        st = os.stat(folder)
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and "->" not in fields and inode in fields:
+                return int(fields[fields.index(inode) - 1])
+    return None
+
+
+def start_run_dir(run_dir: Path, config: dict, resume: bool, lock: RunLock | None = None) -> None:
     """Claim `run_dir` for a new run (write its config.yaml), or check it holds a compatible run when
-    resuming (the caller saves the config once the checkpoint has loaded).
+    resuming (the caller saves the config once the checkpoint has loaded). `lock` is taken as soon as
+    the folder exists, before it is looked into.
 
     A new run writes config.yaml, then a checkpoint at sample 0, then metrics; a run killed between
     the first two resumes from sample 0 (nothing else was written). Temporary files of writes cut
@@ -163,6 +223,8 @@ def start_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the run folder {run_dir} ({e.strerror}); choose another with hydra.run.dir=") from None
+    if lock is not None:
+        lock.acquire()
     if resume:
         if not (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / METRICS_FILE).is_file():
             raise UserError(f"{run_dir / CHECKPOINT_FILE} is missing, so the run in {run_dir} cannot continue; restore it or start a new hydra.run.dir=")

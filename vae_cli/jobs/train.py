@@ -5,13 +5,26 @@ method, claims the run folder or resumes the run in it (`trainer.on_existing=res
 resume_from=DIR`), and gives the loop its hooks: evaluations of the bound (or App. D log p(x)) on train
 and test data, written as rows of metrics.jsonl; checkpoints that refuse to save a diverged model; the
 one-line report of a divergence. At the end it draws the run's figures and returns a summary.
+
+What it prints says where the run is and what it is doing: the run folder first, where a resumed
+run continues from, a notice on the bar while the loop evaluates or compiles, and at the end the
+files written (and the TensorBoard folder and MLflow run). A sweep's job labels its lines and bar
+with its folder's name. One vae-train at a time trains in a folder (`runs.RunLock`); a new run that
+fails before its first step removes the files it wrote, so the same command can run again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import shlex
+import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -31,8 +44,8 @@ from ..loop import Hooks, Progress, evaluation_points, train_loop
 from ..methods import METHODS
 from ..models import build_vae
 from ..optim import NonFiniteGuard
-from ..runs import (CHECKPOINT_FILE, CONFIG_FILE, MetricsLog, config_differences, flatten, holds_run, load_checkpoint,
-                    save_checkpoint, save_config, start_run_dir)
+from ..runs import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MetricsLog, RunLock, config_differences, flatten, holds_run,
+                    load_checkpoint, save_checkpoint, save_config, start_run_dir)
 from ..signals import GracefulStop
 from . import configure_cpu, select_device
 
@@ -85,6 +98,9 @@ def evaluation_rows(cfg, learner, data, samples: int, step: int) -> list[dict]:
 
 def diverged(what: str, step: int, batch_size: int, cfg, run_dir: Path) -> UserError:
     """The one-line report of a divergence: where, what is kept, and the fixes."""
+    if step == 0:  # the model as initialised: nothing to resume from
+        return UserError(f"{what} is non-finite for the initial model, before any update; check the model's settings "
+                         f"(model.init_std={cfg.model.init_std}, model.decoder={getattr(cfg.model.decoder, 'value', cfg.model.decoder)})")
     return UserError(
         f"{what} became non-finite at step {step} ({step * batch_size} samples); the last good checkpoint {run_dir / CHECKPOINT_FILE} "
         f"is kept; lower the stepsize (optimizer.lr={cfg.optimizer.lr}) and start again, or skip such minibatches from "
@@ -97,7 +113,7 @@ def checkpoint(run_dir: Path, cfg, learner, progress: Progress) -> Path:
     tensors = [*state["model"].values(), *flatten(state["method"]).values()]
     if not all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point()):
         raise diverged("a parameter", progress.step, learner.batch_size, cfg, run_dir)
-    progress_state = {k: getattr(progress, k) for k in ("step", "samples", "wall_seconds", "skipped")}
+    progress_state = dataclasses.asdict(progress)
     return save_checkpoint(run_dir, {"config": to_container(cfg), **state, "progress": progress_state})
 
 
@@ -118,25 +134,62 @@ def restore(run_dir: Path, cfg, learner, progress: Progress, device: torch.devic
         raise UserError(f"{path} does not fit the requested model ({reason}); put back this run's own checkpoint or start a new hydra.run.dir=") from None
 
 
-def train(cfg, run_dir: str | Path | None = None) -> dict:
+def train(cfg, run_dir: str | Path | None = None, sweep_dir: str | Path | None = None) -> dict:
     """Run one training job as configured; return a summary (folder, counters, last bounds).
 
     SIGINT or SIGTERM saves a checkpoint at the next step boundary and raises RunStopped (a second one
     exits at once). A non-finite bound or gradient stops the run, keeping the last good checkpoint
-    (`trainer.on_nan=stop`), or skips that update (`trainer.on_nan=skip_batch`)."""
+    (`trainer.on_nan=stop`), or skips that update (`trainer.on_nan=skip_batch`). `sweep_dir`: the
+    folder of the sweep the run is a job of (its MLflow parent run; its lines are labelled)."""
     validate(cfg)
     loggers.require(cfg)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-        run_dir = HydraConfig.get().runtime.output_dir
-    with GracefulStop("vae-train: second {signal}: stopped at once, before the run folder was claimed") as stop:
-        return _train(cfg, Path(run_dir), stop)
+        hydra = HydraConfig.get()
+        run_dir = hydra.runtime.output_dir
+        sweep_dir = hydra.sweep.dir if hydra.mode == RunMode.MULTIRUN else None
+    run_dir = Path(run_dir)
+    say = Console(f"[{run_dir.name}] " if sweep_dir is not None else "")
+    say(f"run folder: {run_dir}")
+    with (GracefulStop("vae-train: second {signal}: stopped at once, before the run folder was claimed") as stop,
+          RunLock(run_dir) as lock, cpu_threads(cfg.speed.threads, cfg.speed.flush_denormals)):
+        return _train(cfg, run_dir, None if sweep_dir is None else Path(sweep_dir), stop, lock, say)
 
 
-def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
+class Console:
+    """print() for a job: each line starts with `label` (in a sweep: "[<job folder>] ") and goes above the bar."""
+
+    def __init__(self, label: str = ""):
+        self.label = label
+
+    def __call__(self, text: str) -> None:
+        tqdm.write("\n".join(self.label + line for line in text.splitlines()), file=sys.stdout)
+        sys.stdout.flush()  # whole lines: the jobs of a parallel sweep share one stdout
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM or taskset allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def cpu_threads(threads: int | None, flush_denormals: bool, small_tensors: bool = False) -> Iterator[int]:
+    """torch's intra-op threads for one job, put back afterwards: `threads`, or with None one for small
+    tensors (HMC chains, where more threads only add synchronisation) and otherwise the cores this
+    process may use, at most torch's own default (its physical cores, or OMP_NUM_THREADS)."""
+    previous = torch.get_num_threads()
+    threads = threads or (1 if small_tensors else min(previous, usable_cores()))
+    configure_cpu(threads, flush_denormals)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(cfg, run_dir: Path, sweep_dir: Path | None, stop: GracefulStop, lock: RunLock, say: Console) -> dict:
     t = cfg.trainer
-    configure_cpu(cfg.speed.threads, cfg.speed.flush_denormals)
     device = select_device(cfg.device)
     data = load_dataset(cfg.dataset, device)
     if t.batch_size > data.n_train:
@@ -146,29 +199,63 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
     if stop.requested:
         raise RunStopped(f"{stop.signal_name} before the run folder was claimed: nothing was written", stop.exit_code)
     resume = t.on_existing == "resume" and holds_run(run_dir)  # a relaunched sweep continues
-    start_run_dir(run_dir, to_container(cfg), resume)
+    new_files = [] if resume else [run_dir / f for f in (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, "tb", loggers.MLFLOW_FILE)
+                                   if not (run_dir / f).exists()]
+    start_run_dir(run_dir, to_container(cfg), resume, lock)
     progress, metrics = Progress(), MetricsLog(run_dir)
-    if resume and (run_dir / CHECKPOINT_FILE).is_file():  # else killed before the checkpoint at sample 0
-        restore(run_dir, cfg, learner, progress, device)
-        if progress.samples > max_samples:
-            raise UserError(f"trainer.max_samples={max_samples} is below the {progress.samples} samples {run_dir} has trained; "
-                            f"set trainer.max_samples= to at least {progress.samples}")
-        metrics.resume(progress.samples)  # rows past the checkpoint are recomputed, identically
-        if progress.samples >= max_samples and metrics.rows and metrics.rows[-1]["samples"] >= max_samples:
-            return _finished(run_dir, cfg, learner, data, progress, metrics)
-        save_config(run_dir, to_container(cfg))  # with this resumption's budget, device, ...
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        checkpoint(run_dir, cfg, learner, progress)  # at sample 0, so that any later kill can resume
-    e = cfg.evaluation
+    with removed_unless_trained(new_files, progress):
+        if resume and (run_dir / CHECKPOINT_FILE).is_file():  # else killed before the checkpoint at sample 0
+            restore(run_dir, cfg, learner, progress, device)
+            if progress.samples > max_samples:
+                raise UserError(f"trainer.max_samples={max_samples} is below the {progress.samples} samples {run_dir} has trained; "
+                                f"set trainer.max_samples= to at least {progress.samples}")
+            metrics.resume(progress.samples)  # rows past the checkpoint are recomputed, identically
+            if progress.samples >= max_samples and metrics.rows and metrics.rows[-1]["samples"] >= max_samples:
+                return _finished(run_dir, cfg, learner, data, progress, metrics, say)
+            save_config(run_dir, to_container(cfg))  # with this resumption's budget, device, ...
+            say(f"resuming {run_dir} from its checkpoint at {progress.samples} samples")
+        elif resume:
+            say(f"resuming {run_dir}: it stopped before its first checkpoint, so it starts again at sample 0")
+        if not (run_dir / CHECKPOINT_FILE).is_file():
+            checkpoint(run_dir, cfg, learner, progress)  # at sample 0, so that any later kill can resume
+        return _train_loop(cfg, run_dir, sweep_dir, stop, say, learner, data, progress, metrics)
+
+
+@contextmanager
+def removed_unless_trained(new_files: list[Path], progress: Progress) -> Iterator[None]:
+    """A new run that fails before its first step (a compile failure, an unreachable MLflow store)
+    removes the files it wrote (`new_files`, those absent before it claimed the folder), so the same
+    command can run again; a run that trained, or was stopped by a signal, keeps them."""
+    try:
+        yield
+    except RunStopped:
+        raise
+    except Exception:
+        if progress.step == 0:
+            for path in new_files:
+                with suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if new_files:
+                with suppress(OSError):
+                    (new_files[0].parent / CHECKPOINT_FILE.parent).rmdir()  # only if empty
+        raise
+
+
+def _train_loop(cfg, run_dir: Path, sweep_dir: Path | None, stop: GracefulStop, say: Console, learner, data, progress: Progress,
+                metrics: MetricsLog) -> dict:
+    """The claimed run from its checkpoint to the end: the loop with its hooks, then figures and the summary."""
+    t, e, max_samples = cfg.trainer, cfg.evaluation, int(cfg.trainer.max_samples)
     schedule = [s for s in evaluation_points(e.schedule, e.per_decade, e.first, e.every, t.batch_size, max_samples)
                 if not metrics.rows or s > metrics.rows[-1]["samples"]]
-    sinks = loggers.open_loggers(cfg, run_dir, progress.samples)
+    sinks = loggers.open_loggers(cfg, to_container(cfg), run_dir, progress.samples, sweep_dir)
     resume_command = f"vae-train resume_from={shlex.quote(str(run_dir))}"
     stop.at_once_message = f"vae-train: second {{signal}}: stopped at once; the last checkpoint is kept; resume with: {resume_command}"
     last = [time.perf_counter(), progress.samples]  # the previous evaluation: its time and sample count
+    notice = evaluation_notice(cfg, learner)
 
     def evaluate(progress: Progress, running: float | None, wall) -> None:
-        rows = evaluation_rows(cfg, learner, data, progress.samples, progress.step)
+        with bar_notice(bar, f"{notice} at {progress.samples} samples"):  # the bar stands still meanwhile
+            rows = evaluation_rows(cfg, learner, data, progress.samples, progress.step)
         now = time.perf_counter()
         speed = round((progress.samples - last[1]) / max(now - last[0], 1e-9), 1)  # a stack's: of each model
         for row in rows:
@@ -181,38 +268,84 @@ def _train(cfg, run_dir: Path, stop: GracefulStop) -> dict:
             if not math.isfinite(sum(curves.values())):
                 raise diverged("the evaluated bound or log-likelihood", progress.step, t.batch_size, cfg, run_dir)
             member = "" if row.get("model") is None else f"model {row['model']}  "
-            bar.write(f"samples {progress.samples:>11,}  {member}" + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
+            say(f"samples {progress.samples:>11,}  {member}" + "  ".join(f"{k} {v:9.2f}" for k, v in curves.items()))
         metrics.extend(rows)  # one write: a stack's K rows of one evaluation land together
         for sink in sinks:
             sink.log(rows)
         last[:] = [now, progress.samples]
 
+    regular = set(evaluation_points(e.schedule, e.per_decade, e.first, e.every, t.batch_size, 10 * max_samples))  # not the last
     hooks = Hooks(evaluate, lambda p: checkpoint(run_dir, cfg, learner, p),
-                  lambda step: diverged("the bound or a gradient", step, t.batch_size, cfg, run_dir), schedule)
+                  lambda step: diverged("the bound or a gradient", step, t.batch_size, cfg, run_dir), schedule, regular)
     bar = tqdm(total=max_samples, initial=progress.samples, unit="dp", unit_scale=True, dynamic_ncols=True, disable=not t.progress,
-               desc=f"{cfg.method.name} {data.name} Nz={cfg.model.latent_dim}")
+               desc=f"{say.label}{cfg.method.name} {data.name} Nz={cfg.model.latent_dim}")
+    if cfg.speed.compile:
+        announce_compilation(learner, bar, say)
     with bar:  # closed on any way out, so a last message starts on a line of its own
-        train_loop(learner, progress, max_samples, int(t.checkpoint_every), hooks, NonFiniteGuard(device), bar, stop,
+        guard = NonFiniteGuard(data.test.device, running=(progress.running_sum, progress.running_steps))
+        train_loop(learner, progress, max_samples, int(t.checkpoint_every), hooks, guard, bar, stop,
                    t.progress_every, resume_command)
     saved = checkpoint(run_dir, cfg, learner, progress)
-    for sink in sinks:
-        sink.close()
     figures = save_figures(run_dir, cfg, learner, data) if t.figures else []
-    print(f"metrics:    {metrics.path}\ncheckpoint: {saved}")
+    for sink in sinks:
+        sink.close([(run_dir / CONFIG_FILE, None), (metrics.path, None), (saved, "checkpoints"), *((f, "figures") for f in figures)])
+    say(f"metrics:    {metrics.path}\ncheckpoint: {saved}")
     if figures:
-        print(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
+        say(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
+    if cfg.logger.tensorboard:
+        say(f"tensorboard: {run_dir / 'tb'}/ (tensorboard --logdir {shlex.quote(str(run_dir / 'tb'))})")
+    if cfg.logger.mlflow and (run_dir / loggers.MLFLOW_FILE).is_file():
+        tracked = json.loads((run_dir / loggers.MLFLOW_FILE).read_text())
+        say(f"mlflow:     run {tracked['run_id']} in {tracked['tracking_uri']} "
+            f"(mlflow ui --backend-store-uri {shlex.quote(tracked['tracking_uri'])})")
     if progress.skipped:
-        print(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
+        say(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
     return summary(run_dir, progress, metrics, saved)
 
 
-def _finished(run_dir: Path, cfg, learner, data, progress: Progress, metrics: MetricsLog) -> dict:
+def evaluation_notice(cfg, learner) -> str:
+    """What the bar says while the loop evaluates (it stands still for seconds to a minute)."""
+    what = "bounds" if learner.capabilities.bound else "log p(x) (App. D)"
+    if learner.capabilities.bound and cfg.evaluation.loglik:
+        what = "bounds and log p(x) (App. D)"
+    models = len(learner.members())
+    return f"evaluating train and test {what}" + (f" of {models} models" if models > 1 else "")
+
+
+def announce_compilation(learner, bar: tqdm, say: Console) -> None:
+    """A line, and a notice on the bar, before the first compiled step: compiling takes tens of seconds."""
+    compiled = learner.step_fn
+
+    def first_step(*args):
+        say("compiling the update (speed.compile=true): tens of seconds")
+        learner.step_fn = compiled
+        with bar_notice(bar, "compiling the update"):
+            return compiled(*args)
+
+    learner.step_fn = first_step
+
+
+@contextmanager
+def bar_notice(bar: tqdm, text: str) -> Iterator[None]:
+    """`text` in place of the bar's postfix while the bar stands still (nothing on a disabled bar)."""
+    if bar.disable:
+        yield
+        return
+    shown = bar.postfix
+    bar.set_postfix_str(text, refresh=True)
+    try:
+        yield
+    finally:
+        bar.postfix = shown
+
+
+def _finished(run_dir: Path, cfg, learner, data, progress: Progress, metrics: MetricsLog, say: Console) -> dict:
     """A run resumed at its end: draw its figures if a kill came between the last checkpoint and them."""
     if cfg.trainer.figures and not all(p.is_file() for p in figure_paths(run_dir / "figures", learner.capabilities.bound)):
         save_figures(run_dir, cfg, learner, data)
-        print(f"{run_dir}: finished already ({progress.samples} samples); wrote its missing figures")
+        say(f"{run_dir}: finished already ({progress.samples} samples); wrote its missing figures")
     else:
-        print(f"{run_dir}: finished already ({progress.samples} samples), nothing to do")
+        say(f"{run_dir}: finished already ({progress.samples} samples), nothing to do")
     return summary(run_dir, progress, metrics, run_dir / CHECKPOINT_FILE)
 
 

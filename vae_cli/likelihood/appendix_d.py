@@ -6,26 +6,33 @@ on fresh draws; reliable only for small N_z (the paper: below 5).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
+from ..checks import check
 from ..distributions import LOG_2PI
 from ..hmc import init_state, run_chains
 from . import Estimate, log_mean_exp_summary
 
+class Density(str, Enum):
+    gaussian = "gaussian"  # full covariance
+    diagonal = "diagonal"
+
+
 @dataclass
 class AppendixDSettings:
-    n_samples: int = 50  # L posterior draws to fit q(z), and L fresh ones to estimate (AEVB App. E: 50)
+    n_samples: int = check(50, "positive")  # L posterior draws to fit q(z), and L fresh ones to estimate (AEVB App. E: 50)
     # draws come from independent chains, one chain per datapoint for each half
-    n_leapfrog: int = 4  # leapfrog steps per HMC transition (AEVB App. E)
-    n_adapt: int = 100  # burn-in transitions that adapt the step size, discarded (PAPER.md §10.10)
-    thin: int = 5  # transitions between kept draws (PAPER.md §10.10: unstated; 5 mixes well on our tests)
-    target_accept: float = 0.9  # AEVB App. E
-    init_step_size: float = 0.1
-    jitter: float = 0.2  # step sizes drawn from step x [0.8, 1.2] per transition (vae_cli/hmc.py: no periodic chains)
-    n_starts: int = 200  # both chains of a point start at the most probable of this many prior draws
-    density: str = "gaussian"  # q(z): gaussian (full covariance) | diagonal
-    cov_scale: float = 1.0  # q covariance = cov_scale x the covariance of the draws (< 1: lighter tails)
+    n_leapfrog: int = check(4, "positive")  # leapfrog steps per HMC transition (AEVB App. E)
+    n_adapt: int = check(100, "non_negative")  # burn-in transitions that adapt the step size, discarded (PAPER.md §10.10)
+    thin: int = check(5, "positive")  # transitions between kept draws (PAPER.md §10.10: unstated; 5 mixes well on our tests)
+    target_accept: float = check(0.9, "probability")  # AEVB App. E
+    init_step_size: float = check(0.1, "positive")
+    jitter: float = check(0.2, "fraction")  # step sizes drawn from step x [0.8, 1.2] per transition (vae_cli/hmc.py: no periodic chains)
+    n_starts: int = check(200, "positive")  # both chains of a point start at the most probable of this many prior draws
+    density: Density = Density.gaussian  # q(z)
+    cov_scale: float = check(1.0, "positive")  # q covariance = cov_scale x the covariance of the draws (< 1: lighter tails)
 
 
 def starting_points(model, x: torch.Tensor, n_candidates: int, generator: torch.Generator, chunk: int = 20) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from ..checks import check
 from . import Estimate, log_mean_exp_summary
 
 K_CURVE = (1, 10, 100, 1000, 5000)  # IWAE's k of `k_curve` ([Burda2016] reports k = 5000)
@@ -22,14 +23,14 @@ CHUNK_BYTES = 16 * 2**20  # the automatic chunk: (samples, batch, D) tensors of 
 
 @dataclass
 class ELBOSettings:
-    n_samples: int = 1000  # L, samples z ~ q(z|x) per datapoint
-    chunk_size: Optional[int] = None  # samples drawn at once (memory ~ chunk_size x batch x D); None: `samples_per_chunk`
+    n_samples: int = check(1000, "positive")  # L, samples z ~ q(z|x) per datapoint
+    chunk_size: Optional[int] = check(None, "positive")  # samples drawn at once (memory ~ chunk_size x batch x D); None: `samples_per_chunk`
 
 
 @dataclass
 class IWAESettings:
-    k: int = 5000  # importance samples per datapoint ([Burda2016]: 5000)
-    chunk_size: Optional[int] = None  # samples drawn at once, whatever k; None: `samples_per_chunk`
+    k: int = check(5000, "positive")  # importance samples per datapoint ([Burda2016]: 5000)
+    chunk_size: Optional[int] = check(None, "positive")  # samples drawn at once, whatever k; None: `samples_per_chunk`
     k_curve: bool = False  # also report the estimate after the first 1, 10, 100, 1000, 5000 samples
 
 

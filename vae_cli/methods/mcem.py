@@ -69,11 +69,10 @@ class MCEM:
         return {"z": self.z.clone(), "step_size": self.step_size.clone()}
 
     def load_extra_state(self, state: dict) -> None:
-        for name in ("z", "step_size"):
-            saved, own = state[name], getattr(self, name)
-            if saved.shape != own.shape:
-                raise ValueError(f"MCEM {name} of shape {tuple(saved.shape)} does not fit {tuple(own.shape)}")
-            own.copy_(saved)
+        for name, own in (("z", self.z), ("step_size", self.step_size)):
+            if state[name].shape != own.shape:
+                raise ValueError(f"MCEM {name} of shape {tuple(state[name].shape)} does not fit {tuple(own.shape)}")
+            own.copy_(state[name])
 
     def bound(self, *args) -> None:
         raise TypeError("MCEM learns no q(z|x): it has no lower bound to evaluate")
