@@ -190,7 +190,7 @@ def rate(step, batch_size: int, min_seconds: float, sync=lambda: None) -> float:
         step()
     sync()
     n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < min_seconds:
+    while time.perf_counter() - start < min_seconds:
         step()
         n += 1
     sync()

@@ -22,7 +22,7 @@ from conftest import REPO, compose_config
 from vae_cli.config import validate
 from vae_cli.data_files import FREY_URL, safe_unpickle
 from vae_cli.jobs.evaluate import validate_eval
-from vae_cli.jobs.train import cpu_threads
+from vae_cli.jobs import cpu_threads
 from vae_cli.runs import CHECKPOINT_FORMAT
 
 SCRIPT = Path(sys.executable).parent / "vae-train"

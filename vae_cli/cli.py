@@ -151,7 +151,7 @@ def remove_if_empty(run_dir: Path, date_folder: bool) -> None:
     """Remove a run folder that a failed job left empty, and its parent when `date_folder` and it is
     then empty too (Hydra's outputs/<date>/); never anything that holds a file, nor a folder another
     vae-train has locked (it is loading its data, about to claim the folder)."""
-    from .runs import RunLock
+    from .locks import RunLock
 
     lock = RunLock(run_dir)
     try:

@@ -3,6 +3,10 @@ report of a sweep (`report`), and what they share about the machine they run on.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from ..errors import UserError
@@ -29,3 +33,22 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM or taskset allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def cpu_threads(threads: int | None, flush_denormals: bool, small_tensors: bool = False) -> Iterator[int]:
+    """torch's intra-op threads for one job, put back afterwards: `threads`, or with None one for small
+    tensors (HMC chains, where more threads only add synchronisation) and otherwise the cores this
+    process may use, at most torch's own default (its physical cores, or OMP_NUM_THREADS)."""
+    previous = torch.get_num_threads()
+    threads = threads or (1 if small_tensors else min(previous, usable_cores()))
+    configure_cpu(threads, flush_denormals)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)

@@ -31,9 +31,8 @@ from ..likelihood.bdmc import BDMCSettings
 from ..likelihood.importance import samples_per_chunk
 from ..models import LinearGaussianDecoder
 from ..saved import load_data, member_weights, n_models, posterior_draws, read_checkpoint, rebuild_model
-from . import select_device
+from . import cpu_threads, select_device
 from .eval_files import print_table, summarise, write_result
-from .train import cpu_threads
 
 RELIABLE_LATENT_DIM = 4  # AEVB App. D: reliable below 5 latent dimensions
 HMC_ESTIMATORS = ("ais", "appendix_d", "bdmc")  # small tensors: one thread is the fastest (threads=null)

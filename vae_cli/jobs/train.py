@@ -9,19 +9,16 @@ one-line report of a divergence. At the end it draws the run's figures and retur
 What it prints says where the run is and what it is doing: the run folder first, where a resumed
 run continues from, a notice on the bar while the loop evaluates or compiles, and at the end the
 files written (and the TensorBoard folder and MLflow run). A sweep's job labels its lines and bar
-with its folder's name. One vae-train at a time trains in a folder (`runs.RunLock`); a new run that
+with its folder's name. One vae-train at a time trains in a folder (`locks.RunLock`); a new run that
 fails before its first step removes the files it wrote, so the same command can run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -47,7 +44,8 @@ from ..optim import NonFiniteGuard
 from ..runs import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MetricsLog, RunLock, config_differences, flatten, holds_run,
                     load_checkpoint, save_checkpoint, save_config, start_run_dir)
 from ..signals import GracefulStop
-from . import configure_cpu, select_device
+from . import cpu_threads, select_device
+from .console import Console, announce_compilation, bar_notice, evaluation_notice, report_files
 
 BOUND_FIELDS = ("estimator", "n_samples", "train_bound", "train_bound_se", "train_points", "test_bound", "test_bound_se", "test_points")
 LOGLIK_FIELDS = ("loglik_estimator", "loglik_points", "train_loglik", "train_loglik_se", "test_loglik", "test_loglik_se")
@@ -158,36 +156,6 @@ def train(cfg, run_dir: str | Path | None = None, sweep_dir: str | Path | None =
         return _train(cfg, run_dir, None if sweep_dir is None else Path(sweep_dir), stop, lock, say)
 
 
-class Console:
-    """print() for a job: each line starts with `label` (in a sweep: "[<job folder>] ") and goes above the bar."""
-
-    def __init__(self, label: str = ""):
-        self.label = label
-
-    def __call__(self, text: str) -> None:
-        tqdm.write("\n".join(self.label + line for line in text.splitlines()), file=sys.stdout)
-        sys.stdout.flush()  # whole lines: the jobs of a parallel sweep share one stdout
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a SLURM or taskset allocation)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextmanager
-def cpu_threads(threads: int | None, flush_denormals: bool, small_tensors: bool = False) -> Iterator[int]:
-    """torch's intra-op threads for one job, put back afterwards: `threads`, or with None one for small
-    tensors (HMC chains, where more threads only add synchronisation) and otherwise the cores this
-    process may use, at most torch's own default (its physical cores, or OMP_NUM_THREADS)."""
-    previous = torch.get_num_threads()
-    threads = threads or (1 if small_tensors else min(previous, usable_cores()))
-    configure_cpu(threads, flush_denormals)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _train(cfg, run_dir: Path, sweep_dir: Path | None, stop: GracefulStop, lock: RunLock, say: Console) -> dict:
     t = cfg.trainer
     device = select_device(cfg.device)
@@ -289,54 +257,8 @@ def _train_loop(cfg, run_dir: Path, sweep_dir: Path | None, stop: GracefulStop, 
     figures = save_figures(run_dir, cfg, learner, data) if t.figures else []
     for sink in sinks:
         sink.close([(run_dir / CONFIG_FILE, None), (metrics.path, None), (saved, "checkpoints"), *((f, "figures") for f in figures)])
-    say(f"metrics:    {metrics.path}\ncheckpoint: {saved}")
-    if figures:
-        say(f"figures:    {figures[0].parent}/ ({', '.join(f.name for f in figures)})")
-    if cfg.logger.tensorboard:
-        say(f"tensorboard: {run_dir / 'tb'}/ (tensorboard --logdir {shlex.quote(str(run_dir / 'tb'))})")
-    if cfg.logger.mlflow and (run_dir / loggers.MLFLOW_FILE).is_file():
-        tracked = json.loads((run_dir / loggers.MLFLOW_FILE).read_text())
-        say(f"mlflow:     run {tracked['run_id']} in {tracked['tracking_uri']} "
-            f"(mlflow ui --backend-store-uri {shlex.quote(tracked['tracking_uri'])})")
-    if progress.skipped:
-        say(f"skipped:    {progress.skipped} updates with a non-finite bound or gradient (trainer.on_nan=skip_batch)")
+    report_files(say, cfg, run_dir, metrics.path, saved, figures, progress.skipped)
     return summary(run_dir, progress, metrics, saved)
-
-
-def evaluation_notice(cfg, learner) -> str:
-    """What the bar says while the loop evaluates (it stands still for seconds to a minute)."""
-    what = "bounds" if learner.capabilities.bound else "log p(x) (App. D)"
-    if learner.capabilities.bound and cfg.evaluation.loglik:
-        what = "bounds and log p(x) (App. D)"
-    models = len(learner.members())
-    return f"evaluating train and test {what}" + (f" of {models} models" if models > 1 else "")
-
-
-def announce_compilation(learner, bar: tqdm, say: Console) -> None:
-    """A line, and a notice on the bar, before the first compiled step: compiling takes tens of seconds."""
-    compiled = learner.step_fn
-
-    def first_step(*args):
-        say("compiling the update (speed.compile=true): tens of seconds")
-        learner.step_fn = compiled
-        with bar_notice(bar, "compiling the update"):
-            return compiled(*args)
-
-    learner.step_fn = first_step
-
-
-@contextmanager
-def bar_notice(bar: tqdm, text: str) -> Iterator[None]:
-    """`text` in place of the bar's postfix while the bar stands still (nothing on a disabled bar)."""
-    if bar.disable:
-        yield
-        return
-    shown = bar.postfix
-    bar.set_postfix_str(text, refresh=True)
-    try:
-        yield
-    finally:
-        bar.postfix = shown
 
 
 def _finished(run_dir: Path, cfg, learner, data, progress: Progress, metrics: MetricsLog, say: Console) -> dict:
