@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import RULES
 from .errors import UserError
+from .eval_schemas import LIKELIHOOD_SCHEMAS, EvalConfig
 from .schemas import GROUPS, OPTIONS, Binarize, Decoder, LoggerConfig, TrainConfig
 
 
@@ -22,12 +23,12 @@ def register_configs() -> None:
     for group, options in OPTIONS.items():
         for option, schema in options.items():
             store.store(group=group, name=f"{option}_schema", node=schema)
-    from .jobs.evaluate import register_eval_configs  # the vae-eval schemas live with their job
+    store.store(name="eval_schema", node=EvalConfig)
+    for name, schema in LIKELIHOOD_SCHEMAS.items():
+        store.store(group="likelihood", name=f"{name}_schema", node=schema)
 
-    register_eval_configs(store)
 
-
-def _checks(cfg: DictConfig, schema: type, prefix: str = "") -> None:
+def check_fields(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     """Raise a one-line UserError for the first key `schema` does not declare (Hydra's `+key=value`
     adds them) or the first value against its field's `check` rule (`checks.RULES`)."""
     declared = {f.name: f for f in fields(schema)}
@@ -39,7 +40,7 @@ def _checks(cfg: DictConfig, schema: type, prefix: str = "") -> None:
         key = prefix + f.name
         nested = f.default_factory if f.default_factory is not NO_DEFAULT else None
         if is_dataclass(nested) and isinstance(value, DictConfig):
-            _checks(value, nested, key + ".")
+            check_fields(value, nested, key + ".")
         rule = f.metadata.get("check")
         if rule is None or value is None:
             continue
@@ -63,9 +64,9 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{group}.name={name} is not one of {', '.join(options)}; choose the option with {group}=<one of them>")
         if not {f.name for f in fields(options[name])} <= set(cfg[group].keys()):  # e.g. method.name=mcem on method=aevb
             raise UserError(f"{group}.name={name} does not match the {group} option chosen; choose it with {group}={name}")
-        _checks(cfg[group], options[name], group + ".")
+        check_fields(cfg[group], options[name], group + ".")
     for name, schema in GROUPS.items():
-        _checks(cfg[name], schema, name + ".")
+        check_fields(cfg[name], schema, name + ".")
     if any(h <= 0 for h in cfg.model.hidden):
         raise UserError(f"model.hidden={list(cfg.model.hidden)} must hold positive layer sizes, e.g. model.hidden=[500]")
     if cfg.dataset.name == "mnist" and cfg.dataset.binarize != Binarize.none and cfg.model.decoder != Decoder.bernoulli:

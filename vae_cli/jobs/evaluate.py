@@ -15,19 +15,17 @@ from __future__ import annotations
 import datetime
 import sys
 import time
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
 
 import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..checks import check
-from ..config import _checks
+from ..config import check_fields
+from ..eval_schemas import LIKELIHOOD_SCHEMAS, EvalConfig
 from ..errors import UserError
-from ..likelihood import ESTIMATORS, SETTINGS, Estimate, concat
-from ..likelihood.bdmc import BDMCSettings
+from ..likelihood import ESTIMATORS, Estimate, concat
 from ..likelihood.importance import samples_per_chunk
 from ..models import LinearGaussianDecoder
 from ..saved import load_data, member_weights, n_models, posterior_draws, read_checkpoint, rebuild_model
@@ -38,49 +36,12 @@ RELIABLE_LATENT_DIM = 4  # AEVB App. D: reliable below 5 latent dimensions
 HMC_ESTIMATORS = ("ais", "appendix_d", "bdmc")  # small tensors: one thread is the fastest (threads=null)
 
 
-@dataclass
-class EvalDatasetConfig:
-    root: Optional[str] = None  # folder with the data files; null: where the run found them
-
-
-@dataclass
-class EvalConfig:
-    likelihood: Any = MISSING  # one option of conf/likelihood/
-    run_dir: str = MISSING  # the vae-train run folder to evaluate
-    split: str = "test"  # train | test | valid (MNIST only)
-    n_points: Optional[int] = check(None, "positive")  # the first n points of the split; null: all
-    batch_size: int = check(100, "positive")  # datapoints an estimator call
-    seed: int = 0  # the estimator's noise
-    device: str = "auto"  # auto | cpu | cuda
-    threads: Optional[int] = check(None, "positive")  # torch intra-op threads; null: 1 for ais, appendix_d, bdmc (HMC on small
-    # tensors, where threads only wait on each other), else the cores this process may use (os.sched_getaffinity), at most torch's default
-    progress: bool = True  # a bar on stderr: points, points/s, time left, the running mean estimate
-    flush_denormals: bool = True  # CPU: subnormal floats read and written as 0 (`jobs.configure_cpu`)
-    theta_draws: int = check(0, "non_negative")  # full-VB runs: 0 at theta = q(theta)'s mean; K averaged over K draws theta ~ q
-    member: int = check(0, "non_negative")  # stack runs (speed.n_models=K): model 0..K-1, the one trained as seed s + member
-    dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
-
-
-def likelihood_schema(name: str, settings: type) -> type:
-    """The schema of conf/likelihood/<name>.yaml: the estimator's settings plus the `name` that picks it."""
-    return make_dataclass(f"{settings.__name__}Option", [("name", str, field(default=name))], bases=(settings,))
-
-
-LIKELIHOOD_SCHEMAS = {name: likelihood_schema(name, settings) for name, settings in {**SETTINGS, "bdmc": BDMCSettings}.items()}
-
-
-def register_eval_configs(store) -> None:
-    store.store(name="eval_schema", node=EvalConfig)
-    for name, schema in LIKELIHOOD_SCHEMAS.items():
-        store.store(group="likelihood", name=f"{name}_schema", node=schema)
-
-
 def validate_eval(cfg: DictConfig) -> None:
     """The checks types cannot express, each a one-line UserError naming the key and a fix."""
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise UserError("run_dir is required; point it at a vae-train run folder, e.g. vae-eval run_dir=outputs/2026-11-25/10-00-00-000000")
-    _checks(cfg, EvalConfig)
-    _checks(cfg.likelihood, LIKELIHOOD_SCHEMAS[cfg.likelihood.name], "likelihood.")
+    check_fields(cfg, EvalConfig)
+    check_fields(cfg.likelihood, LIKELIHOOD_SCHEMAS[cfg.likelihood.name], "likelihood.")
     if cfg.likelihood.name == "bdmc" and not cfg.likelihood.steps:
         raise UserError("likelihood.steps is empty; give the AIS budgets to sweep, e.g. likelihood.steps=[100,1000]")
     for key, allowed in (("split", ("train", "test", "valid")), ("device", ("auto", "cpu", "cuda"))):
