@@ -303,7 +303,7 @@ def test_a_full_vb_run_is_evaluated_at_the_posterior_mean_or_over_draws_of_theta
 def test_mcem_runs_refuse_estimators_that_sample_from_q(shared_data, tmp_path):
     run = _train(tmp_path / "mcem", shared_data, "method=mcem", "model.latent_dim=3", "model.hidden=[100]", "evaluation.loglik_points=10")
     refused = vae_eval(f"run_dir={run}", "likelihood=iwae", *QUICK, cwd=tmp_path, data=shared_data)
-    assert refused.returncode == 2 and "trained by MCEM, which learns no q(z|x)" in refused.stderr
+    assert refused.returncode == 2 and "trained by mcem, which learns no q(z|x)" in refused.stderr
     assert vae_eval(f"run_dir={run}", "likelihood=appendix_d", *QUICK, cwd=tmp_path, data=shared_data).returncode == 0
 
 

@@ -33,6 +33,7 @@ from .generators import evaluation_generator
 from .jobs.eval_files import EVAL_DIR
 from .jobs.evaluate import average_estimates
 from .likelihood import ESTIMATORS, SETTINGS, Estimate, concat
+from .methods import METHODS
 from .models import VAE
 from .runs import read_metrics
 from .saved import load_data, n_models, posterior_draws, read_checkpoint, rebuild_model
@@ -82,8 +83,9 @@ class TrainedRun:
         return data.train_eval if split == "train" else data.test
 
     def _encoder_model(self, member: int) -> VAE:
-        if self.config.method.name == "mcem":
-            raise UserError("this run was trained by MCEM, which learns no q(z|x); use decode, sample or log_likelihood with ais or appendix_d")
+        if not METHODS[self.config.method.name].capabilities.bound:
+            raise UserError(f"this run was trained by {self.config.method.name}, which learns no q(z|x); "
+                            "use decode, sample or log_likelihood with ais or appendix_d")
         return self.model(member)
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ from ..eval_schemas import LIKELIHOOD_SCHEMAS, EvalConfig
 from ..errors import UserError
 from ..likelihood import ESTIMATORS, Estimate, concat
 from ..likelihood.importance import samples_per_chunk
+from ..methods import METHODS
 from ..models import LinearGaussianDecoder
 from ..saved import load_data, member_weights, n_models, posterior_draws, read_checkpoint, rebuild_model
 from . import cpu_threads, select_device
@@ -92,8 +93,8 @@ def sandwich_job(cfg, run_dir: Path, run, state: dict, device: torch.device) -> 
     unknown = [name for name in settings.others if name not in ESTIMATORS]
     if unknown:
         raise UserError(f"likelihood.others holds {unknown[0]!r}; choose from {', '.join(ESTIMATORS)}")
-    if run.method.name == "mcem":
-        settings.others = [name for name in settings.others if name not in ("elbo", "iwae")]  # no q(z|x) to sample from
+    if not METHODS[run.method.name].capabilities.bound:  # MCEM: no q(z|x) to sample from
+        settings.others = [name for name in settings.others if name not in ("elbo", "iwae")]
     summary = {"estimator": "bdmc", "settings": {k: v for k, v in asdict(settings).items() if k != "name"}, "run_dir": str(run_dir),
                "samples": state.get("progress", {}).get("samples"), "dataset": run.dataset.name, "latent_dim": model.latent_dim,
                "seed": cfg.seed, "member": cfg.member, "device": str(device), "torch": torch.__version__,
@@ -125,8 +126,8 @@ def _evaluate(cfg) -> dict:
     x = x[: cfg.n_points]
     model = rebuild_model(run, state, x.shape[1], device, cfg.member)
     likelihood = OmegaConf.to_object(cfg.likelihood)
-    if run.method.name == "mcem" and likelihood.name in ("elbo", "iwae"):
-        raise UserError(f"{run_dir} was trained by MCEM, which learns no q(z|x) for likelihood={likelihood.name} to sample from; "
+    if not METHODS[run.method.name].capabilities.bound and likelihood.name in ("elbo", "iwae"):
+        raise UserError(f"{run_dir} was trained by {run.method.name}, which learns no q(z|x) for likelihood={likelihood.name} to sample from; "
                         "use likelihood=ais or likelihood=appendix_d")
     if likelihood.name == "appendix_d" and model.latent_dim > RELIABLE_LATENT_DIM:
         print(f"vae-eval: warning: appendix_d is reliable only below 5 latent dimensions (AEVB App. D) and this "
