@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # minutes in all; the scripts themselves are the documented commands (benchmarks/README.md)
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 SMOKE = {  # script: (its smallest arguments, lines its output must hold)

@@ -73,10 +73,11 @@ def _stepped(overrides: list[str], n_steps: int = 5, poison: int | None = None):
 
 
 @needs_compiler
-@pytest.mark.parametrize("overrides", [
-    ["optimizer=adagrad", "optimizer.warmup_steps=0"],  # the paper's, SGVB B
-    ["optimizer=adam", "estimator=sgvb_a", "estimator.n_samples=2", "model.decoder=gaussian_sigmoid"],  # Frey Face's decoder
-    ["optimizer=sgd", "optimizer.momentum=0.9"],  # a state tensor created before the first step
+@pytest.mark.parametrize("overrides", [  # slow: each compiles for tens of seconds; train_throughput.py runs the compiled step
+    pytest.param(["optimizer=adagrad", "optimizer.warmup_steps=0"], marks=pytest.mark.slow),  # the paper's, SGVB B
+    pytest.param(["optimizer=adam", "estimator=sgvb_a", "estimator.n_samples=2", "model.decoder=gaussian_sigmoid"],  # Frey's decoder
+                 marks=pytest.mark.slow),
+    pytest.param(["optimizer=sgd", "optimizer.momentum=0.9"], marks=pytest.mark.slow),  # a state tensor created before the first step
     ["method=wake_sleep", "optimizer.warmup_steps=0"],  # two updates a step, each over half the parameters, fantasies drawn between them
     ["optimizer=adagrad", "optimizer.warmup_steps=3"],  # the author's warm-up: the first 3 updates accumulate and move nothing
 ], ids=["adagrad-sgvb_b", "adam-sgvb_a-gaussian_sigmoid", "sgd-momentum", "wake_sleep", "adagrad-warmup"])
@@ -107,7 +108,8 @@ def test_the_compiled_update_takes_the_eager_steps_and_keeps_torch_optims_state(
 
 
 @needs_compiler
-@pytest.mark.parametrize("method,on_nan", [("aevb", "skip_batch"), ("aevb", "stop"), ("wake_sleep", "skip_batch")])
+@pytest.mark.parametrize("method,on_nan", [("aevb", "skip_batch"), pytest.param("aevb", "stop", marks=pytest.mark.slow),
+                                           pytest.param("wake_sleep", "skip_batch", marks=pytest.mark.slow)])
 def test_a_compiled_update_with_a_nonfinite_gradient_is_flagged_and_under_skip_batch_changes_nothing(method, on_nan):
     """A good step, then one whose minibatch holds a NaN pixel: the guard counts the second; skipped, its
     update leaves the parameters and state it covers bit for bit as the good step left them (AEVB: all of
@@ -134,6 +136,7 @@ def test_a_compiled_update_with_a_nonfinite_gradient_is_flagged_and_under_skip_b
 
 
 @needs_compiler
+@pytest.mark.slow  # ten compilations; a multirun of compiled jobs in one process is the documented case
 def test_run_after_run_in_one_process_compiles_each_past_torchs_recompile_limit():
     """A basic-launcher multirun trains its jobs in one process: each compiles its own update."""
     limit = torch._dynamo.config.recompile_limit

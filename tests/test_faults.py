@@ -157,6 +157,7 @@ def interrupt_and_resume(run: Path, data: Path, sig: int, n_signals: int, second
     raise AssertionError(f"the run did not finish: {log}")
 
 
+@pytest.mark.slow  # five kills of a real run; the SIGTERM test and the in-process kills below cover the same resume path
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, shared_data, reference_run):
     reference, seconds = reference_run
     run = tmp_path / "killed"

@@ -46,6 +46,7 @@ def test_configure_cpu_flushes_subnormals_on_every_thread(flush):
     assert surviving == (0 if flush else 1 << 22)
 
 
+@pytest.mark.slow  # two 3e4-sample runs in fresh processes; `train_throughput.py --keep-denormals` measures the same switch
 def test_flushing_subnormals_reaches_every_thread_of_vae_train_and_changes_no_bound(tmp_path, shared_data):
     """3*10^4 samples of plain Adagrad (the accumulator starting at 0, reading=paper_text's) take
     weights of never-lit pixels below 1.2e-38 (the weight prior's decay): they stay subnormal with
