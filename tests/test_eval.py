@@ -360,3 +360,14 @@ def test_ctrl_c_during_an_estimate_says_nothing_was_written(vae_run, shared_data
     assert re.split(r"[\r\n]+", text.strip())[-1] == "vae-eval: interrupted; nothing was written"
     assert "Traceback" not in text and out == b""
     assert _files(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_sweep_jobs_folder_named_with_equals_and_commas_is_one_run_dir(vae_run, shared_data, tmp_path):
+    """A preset's job folder is named like `method=aevb,model.latent_dim=20`: vae-eval takes it as one path."""
+    import shutil
+
+    job = tmp_path / "method=aevb,model.latent_dim=20"
+    shutil.copytree(vae_run, job)
+    done = vae_eval(f"run_dir={job}", "likelihood=elbo", "likelihood.n_samples=5", "n_points=10", "threads=1", cwd=tmp_path, data=shared_data)
+    assert done.returncode == 0, done.stderr
+    assert len(list((job / "eval").glob("elbo-test-*.json"))) == 1

@@ -139,6 +139,17 @@ def command_line(args: list[str], prog: str = "vae-train") -> list[str]:
     return options + overrides
 
 
+def quoted_path(override: str) -> str:
+    """`run_dir=PATH` with PATH quoted for Hydra's override grammar when it holds characters the grammar
+    reads: a sweep job's folder is named like `method=aevb,model.latent_dim=20`, so a PATH with "=" is one
+    folder (its commas included); without "=", commas still sweep over folders with --multirun."""
+    key, _, value = override.partition("=")
+    if "=" not in value or value[:1] in "'\"":
+        return override
+    value = os.path.expanduser(value)
+    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def expand_home(override: str) -> str:
     """key=~/folder -> key=/home/me/folder (each ~-value of a comma-separated sweep too); `~key` (a deletion) stays."""
     key, sep, value = override.partition("=")
@@ -227,6 +238,7 @@ def eval_main() -> None:
     multirun.yaml) goes to a temporary folder that is removed at exit.
     """
     sys.argv = [a.replace("estimator=", "likelihood=", 1) if a.startswith("estimator=") else a for a in sys.argv]  # an alias
+    sys.argv = [quoted_path(a) if a.startswith("run_dir=") else a for a in sys.argv]
     scratch = tempfile.mkdtemp(prefix="vae-eval-")
     os.environ["VAE_EVAL_SCRATCH"] = scratch
     try:
