@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, run_console_script
 from vae_cli.config import validate
 from vae_cli.data_files import FREY_URL, safe_unpickle
 from vae_cli.jobs.evaluate import validate_eval
@@ -30,11 +30,9 @@ TINY = ["trainer=debug", "dataset=frey", "trainer.max_samples=2e3", "evaluation.
 
 
 def run_script(name: str, *args: str, env_extra: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    script = SCRIPT.with_name(name)
-    assert script.is_file(), f"{script} missing: install the package with the README's command"
     env = {**os.environ, **(env_extra or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(script), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return run_console_script(name, *args, env=env, cwd=cwd)
 
 
 def vae_train(*args: str, env_extra: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ import torch
 
 import yaml
 
-from conftest import compose_config
+from conftest import compose_config, run_console_script
 from helpers import build_vae
 from vae_cli.config import to_container
 from vae_cli.errors import UserError
@@ -38,10 +38,9 @@ QUICK = ["n_points=3", "threads=1"]
 
 
 def vae_eval(*args: str, cwd: Path, data: Path, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    assert SCRIPT.is_file(), f"{SCRIPT} missing: install the package with the README's command"
     env = {**os.environ, "VAE_CLI_DATA": str(data), **(env_extra or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    return run_console_script("vae-eval", *args, env=env, cwd=cwd, timeout=timeout)
 
 
 def _train(folder: Path, data: Path, *overrides: str) -> Path:
@@ -368,6 +367,7 @@ def test_a_sweep_jobs_folder_named_with_equals_and_commas_is_one_run_dir(vae_run
 
     job = tmp_path / "method=aevb,model.latent_dim=20"
     shutil.copytree(vae_run, job)
+    shutil.rmtree(job / "eval", ignore_errors=True)  # the shared run may already hold other tests' evaluations
     done = vae_eval(f"run_dir={job}", "likelihood=elbo", "likelihood.n_samples=5", "n_points=10", "threads=1", cwd=tmp_path, data=shared_data)
     assert done.returncode == 0, done.stderr
     assert len(list((job / "eval").glob("elbo-test-*.json"))) == 1

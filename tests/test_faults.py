@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +35,7 @@ from vae_cli.errors import RunStopped, UserError
 from vae_cli.jobs.train import train
 from vae_cli.optim import NonFiniteGuard, StepsReport, apply_gradients, ascend, build_optimizer
 from vae_cli.runs import CHECKPOINT_FILE, WALL_CLOCK_FIELDS, MetricsLog, load_checkpoint, read_metrics, resume_config
-from vae_cli.signals import GracefulStop
+from vae_cli.signals import GracefulStop, InterruptCheck
 
 SCRIPT = Path(sys.executable).parent / "vae-train"
 # Small and busy (Frey Face: quick to load): an evaluation every 10 steps, a checkpoint every 20, so
@@ -609,3 +610,20 @@ def test_the_guard_reports_the_first_bad_step_and_the_mean_bound_of_the_others_p
     p.grad, q.grad = torch.ones(3), torch.ones(2)
     guard.observe(torch.tensor([-0.5, -1.5]), apply_gradients(optimizer, schedule, skip_nonfinite=False))
     assert guard.collect(step=16) == StepsReport(0, None, -1.0, 1)  # the buffers start again empty
+
+
+def test_a_ctrl_c_swallowed_where_python_ignores_exceptions_is_raised_again_at_the_next_batch():
+    """vae-eval's batches: a KeyboardInterrupt raised inside a finalizer or callback is lost to Python,
+    so the estimate would run on for minutes; the next batch boundary raises it again."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    with InterruptCheck() as interrupt:
+        interrupt.check()  # nothing seen yet: no error
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # swallowed, as Python does in a finalizer
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    assert signal.getsignal(signal.SIGINT) is not interrupt._handle

@@ -3,7 +3,6 @@ defaults); the scale group shrinks budgets only; sweep folders survive a relaunc
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import compose_config, run_console_script
 from vae_cli.config import register_configs, to_container, validate
 from vae_cli.runs import RESUMABLE_CHANGES
 
@@ -25,8 +24,9 @@ PRESETS = ["fig2_mnist", "fig2_frey", "fig3", "fig4", "fig5"]
 def composed(*overrides: str, part: str = "job") -> dict:
     """What `vae-train ... --cfg job --resolve` (or `--cfg hydra`) prints, parsed: the real console script, as a user runs it."""
     resolve = ["--resolve"] if part == "job" else []
-    out = subprocess.run([str(SCRIPT), *overrides, "--cfg", part, *resolve], capture_output=True, text=True, check=True).stdout
-    return yaml.safe_load(out)
+    done = run_console_script("vae-train", *overrides, "--cfg", part, *resolve)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -45,7 +45,7 @@ def test_every_preset_composes_through_the_console_script(preset):
     assert cfg["experiment_name"] == preset and cfg["scale_name"] == "full"
     assert cfg["trainer"]["on_existing"] == "resume"  # a relaunch resumes the sweep's unfinished runs
     validate(compose_config([f"experiment={preset}"]))
-    hydra = composed(f"experiment={preset}", part="hydra")["hydra"]
+    hydra = _hydra_node(f"experiment={preset}")
     assert hydra["sweep"]["dir"] == f"multirun/{preset}/${{scale_name}}"
     assert hydra["sweep"]["subdir"] == "${hydra.job.override_dirname}"
 
@@ -78,7 +78,7 @@ def test_fig2_presets_hold_the_papers_settings():
         assert int(cfg.trainer.max_samples) == 10**8 and cfg.evaluation.schedule == "log"
         assert cfg.reading == "author_code" and cfg.optimizer.warmup_steps == 10 and cfg.model.encoder_log_var_scale == 0.1
         assert cfg.trainer.minibatches == "with_replacement"
-        params = composed(f"experiment={preset}", part="hydra")["hydra"]["sweeper"]["params"]
+        params = _hydra_node(f"experiment={preset}")["sweeper"]["params"]
         assert params == {"model.latent_dim": nzs, "method": "aevb,wake_sleep"}
     mnist, frey = compose_config(["experiment=fig2_mnist"]), compose_config(["experiment=fig2_frey"])
     assert mnist.dataset.name == "mnist" and mnist.dataset.binarize == "none" and mnist.model.decoder == "bernoulli"
@@ -97,18 +97,18 @@ def test_fig3_preset_holds_the_papers_settings():
     assert cfg.evaluation.loglik and cfg.evaluation.loglik_points == 1000 and cfg.evaluation.schedule == "linear"
     assert cfg.evaluation.train_points == cfg.evaluation.test_points == 1000
     assert int(cfg.trainer.max_samples) == 6 * 10**7 and cfg.trainer.batch_size == 100 and cfg.optimizer.name == "adagrad"
-    params = composed("experiment=fig3", part="hydra")["hydra"]["sweeper"]["params"]
+    params = _hydra_node("experiment=fig3")["sweeper"]["params"]
     assert params == {"dataset.n_train": "1000,50000", "method": "aevb,wake_sleep,mcem"}
     mcem = compose_config(["experiment=fig3", "method=mcem"])
     assert mcem.method.n_leapfrog == 10 and mcem.method.n_weight_updates == 5 and mcem.method.target_accept == 0.9  # App. E
 
 
 def test_fig4_runs_both_data_sets_without_multirun_and_fig5_sweeps_the_latent_sizes():
-    hydra = composed("experiment=fig4", part="hydra")["hydra"]
-    assert hydra["mode"] == "MULTIRUN" and hydra["sweeper"]["params"] == {"dataset": "mnist,frey"}
+    hydra = _hydra_node("experiment=fig4")
+    assert hydra["mode"].name == "MULTIRUN" and hydra["sweeper"]["params"] == {"dataset": "mnist,frey"}
     fig4 = compose_config(["experiment=fig4"])
     assert fig4.model.latent_dim == 2 and fig4.method.name == "aevb" and int(fig4.trainer.max_samples) == 10**7
-    assert composed("experiment=fig5", part="hydra")["hydra"]["sweeper"]["params"] == {"model.latent_dim": "2,5,10,20"}
+    assert _hydra_node("experiment=fig5")["sweeper"]["params"] == {"model.latent_dim": "2,5,10,20"}
     fig5 = compose_config(["experiment=fig5"])
     assert fig5.dataset.name == "mnist" and fig5.method.name == "aevb" and list(fig5.model.hidden) == [500]
 
@@ -122,14 +122,14 @@ def test_smoke_scale_shrinks_budgets_and_evaluations_only():
     assert all(smoke[k] == full[k] for k in same)
     assert {k: v for k, v in smoke.trainer.items() if k not in ("max_samples", "checkpoint_every")} == \
         {k: v for k, v in full.trainer.items() if k not in ("max_samples", "checkpoint_every")}
-    assert composed("experiment=fig3", "scale=smoke", part="hydra")["hydra"]["sweeper"]["params"] == \
-        composed("experiment=fig3", part="hydra")["hydra"]["sweeper"]["params"]
+    assert _hydra_node("experiment=fig3", "scale=smoke")["sweeper"]["params"] == \
+        _hydra_node("experiment=fig3")["sweeper"]["params"]
     assert _with_hydra("experiment=fig3", "scale=smoke").hydra.sweep.dir == "multirun/fig3/smoke"
     assert _with_hydra("experiment=fig3").hydra.sweep.dir == "multirun/fig3/full"
 
 
 def test_stepsize_search_sweeps_the_papers_candidates():
-    hydra = composed("experiment=fig2_frey", "hparams_search=stepsize", part="hydra")["hydra"]
+    hydra = _hydra_node("experiment=fig2_frey", "hparams_search=stepsize")
     assert hydra["sweeper"]["params"]["optimizer.lr"] == "0.01,0.02,0.1"  # PAPER.md §6
     assert hydra["sweeper"]["params"]["method"] == "aevb"
     assert hydra["sweep"]["dir"] == "multirun/stepsize/${experiment_name}/${scale_name}"
@@ -137,10 +137,10 @@ def test_stepsize_search_sweeps_the_papers_candidates():
 
 
 def test_launcher_configs_for_local_cores_and_slurm_compose():
-    joblib = composed("experiment=fig2_mnist", "hydra/launcher=joblib", part="hydra")["hydra"]["launcher"]
+    joblib = _hydra_node("experiment=fig2_mnist", "hydra/launcher=joblib")["launcher"]
     assert joblib["n_jobs"] == -1 and joblib["_target_"].endswith("JoblibLauncher")
-    slurm = composed("experiment=fig2_mnist", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
-                     "hydra.launcher.timeout_min=2880", "hydra.launcher.gpus_per_node=1", part="hydra")["hydra"]["launcher"]
+    slurm = _hydra_node("experiment=fig2_mnist", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                     "hydra.launcher.timeout_min=2880", "hydra.launcher.gpus_per_node=1")["launcher"]
     assert slurm["partition"] == "gpu" and slurm["timeout_min"] == 2880 and slurm["gpus_per_node"] == 1
 
 
@@ -149,6 +149,11 @@ def test_the_slurm_preset_requeues_timed_out_jobs_and_takes_overrides():
                      part="hydra")["hydra"]["launcher"]
     assert slurm["_target_"].endswith("SlurmLauncher") and slurm["partition"] == "gpu" and slurm["cpus_per_task"] == 8
     assert slurm["max_num_timeout"] > 0 and slurm["gpus_per_node"] == 1 and slurm["timeout_min"] == 720
+
+
+def _hydra_node(*overrides: str) -> dict:
+    """The `hydra` node as `vae-train ... --cfg hydra` prints it (interpolations left as written), in-process."""
+    return OmegaConf.to_container(_with_hydra(*overrides).hydra, resolve=False)
 
 
 def _with_hydra(*overrides: str):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import compose_config
+from conftest import compose_config, run_console_script
 from vae_cli.config import to_container
 from vae_cli.jobs.report import report
 from vae_cli.jobs.report_figures import METHOD_COLOURS, draw_group, series_colours, y_limits
@@ -414,7 +414,7 @@ def test_series_colours_follow_what_the_sweep_varies(tmp_path):
 
 def run(script: str, *args: str, cwd: Path, data: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "VAE_CLI_DATA": str(data)}
-    result = subprocess.run([str(BIN / script), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+    result = run_console_script(script, *args, env=env, cwd=cwd, timeout=900)
     if check:
         assert result.returncode == 0, result.stderr[-2000:]
     return result

@@ -59,3 +59,31 @@ class GracefulStop:
     @property
     def exit_code(self) -> int:
         return 128 + (self.signum or 0)
+
+
+class InterruptCheck:
+    """Ctrl-C as Python raises it (KeyboardInterrupt at once), remembered: a KeyboardInterrupt that
+    landed where Python swallows exceptions (a finalizer, a callback) is raised again by `check()`,
+    which a loop calls between batches. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self) -> InterruptCheck:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt

@@ -30,6 +30,7 @@ from ..likelihood.importance import samples_per_chunk
 from ..methods import METHODS
 from ..models import LinearGaussianDecoder
 from ..saved import load_data, member_weights, n_models, posterior_draws, read_checkpoint, rebuild_model
+from ..signals import InterruptCheck
 from . import cpu_threads, select_device
 from .eval_files import print_table, summarise, write_result
 
@@ -59,10 +60,12 @@ def estimate(models: list, x: torch.Tensor, likelihood, batch_size: int, generat
     bar over the points (of every draw) with the running mean of the estimates so far."""
     estimator = ESTIMATORS[likelihood.name]
     start, results, total, done = time.perf_counter(), [], 0.0, 0
-    with tqdm(total=len(models) * x.shape[0], desc=desc, unit=" points", dynamic_ncols=True, disable=not progress) as bar:
+    with InterruptCheck() as interrupt, tqdm(total=len(models) * x.shape[0], desc=desc, unit=" points", dynamic_ncols=True,
+                                             disable=not progress) as bar:
         for model in models:
             parts = []
             for batch in x.split(batch_size):
+                interrupt.check()
                 parts.append(estimator(model, batch, likelihood, generator))
                 if progress:
                     total, done = total + parts[-1].log_px.double().sum().item(), done + batch.shape[0]
