@@ -24,6 +24,8 @@ SMOKE = {  # script: (its smallest arguments, lines its output must hold)
     "eval_throughput.py": ([], ["iwae k=5000", "ais T=50", "test-set bound"]),
     "sweep_throughput.py": (["--samples", "1e3", "--rounds", "1"], ["speed-up of the sweep"]),
     "process_throughput.py": (["--samples", "2e3", "--rounds", "1", "--threads", "1"], ["vae-train / examples loop", "vae-train compiled"]),
+    "compare_versions.py": (["--before", str(BENCHMARKS.parent), "--before-python", sys.executable, "--sittings", "1", "--rounds", "1",
+                             "--seconds", "0.02"], ["after / before", "stack of K = 16", "vae-cli compiled step"]),
     "gpu.py": (["--device", "cpu", "--tiny", "--seconds", "0.05", "--out", "gpu_out", "--budget", "120"],
                ["(a) M = 100", "captured", "stack K=4", "(b) IWAE", "(c) 20000 samples on cpu", "(d) AEVB MNIST"]),
 }
