@@ -391,6 +391,10 @@ def test_y_limits_are_the_papers_unless_the_curves_leave_them():
     low, high, widened = y_limits((-150, -95), [-250.0, -190.0])  # a short run: widened to its data, the paper's range kept
     assert widened and low < -250.0 and high > -95 and high - (-95) < 0.1 * (high - low)
     assert y_limits((0, 1600), [])[2] is False
+    first = [-5500.0, -3400.0] + [-300.0 + i for i in range(40)]  # two curves' first evaluations at a large stepsize
+    low, high, _ = y_limits((-150, -95), first)
+    assert -900 < low < -300 and high > -95  # the rest of the curves keep the axis
+    assert y_limits((-150, -95), [-190.0 + i for i in range(40)])[0] < -190  # no outlier: every value on the axis
 
 
 def test_series_colours_follow_what_the_sweep_varies(tmp_path):

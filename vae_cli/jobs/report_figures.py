@@ -65,10 +65,15 @@ def series_colours(groups: list[Group], panel_keys: tuple[str, ...]) -> tuple[di
 
 def y_limits(paper: tuple[float, float], values: list[float]) -> tuple[float, float, bool]:
     """The paper's y-range when every value lies within it; else the range widened to the values, with
-    a margin (True: widened)."""
+    a margin (True: widened). The few lowest values may leave the axis: it reaches down to the lower
+    quartile less twice the span above it (a large stepsize's first evaluation, thousands of nats
+    down, would flatten every other curve)."""
     if not values or (paper[0] <= min(values) and max(values) <= paper[1]):
         return paper[0], paper[1], False
-    low, high = min(paper[0], min(values)), max(paper[1], max(values))
+    ordered = sorted(values)
+    q25 = ordered[len(ordered) // 4]
+    lowest = max(ordered[0], q25 - 2 * (ordered[-1] - q25))
+    low, high = min(paper[0], lowest), max(paper[1], ordered[-1])
     margin = 0.04 * (high - low)
     return low - margin, high + margin, True
 
