@@ -197,6 +197,7 @@ BAD_INPUTS = [  # (arguments, the words of the one line, preparation)
     (["resume_from={run}"], "metrics.jsonl is not a vae-cli metrics file (JSONDecodeError)", "garbled metrics"),
     (["resume_from={tmp}/nowhere"], "{tmp}/nowhere holds no run (config.yaml is missing)", "run"),
     (["resume_from="], "resume_from= needs a run folder", "run"),
+    (["{run}"], "'{run}' is not key=value; to continue that run write vae-train resume_from={run}", "run"),
     (["resume_from={run}", "seed=3"], "'seed=3' cannot change when resuming", "run"),
     (["resume_from={run}", "reading=paper_text"], "'reading=paper_text' cannot change when resuming", "run"),
     (["resume_from={run}", "optimizer.warmup_steps=0"], "'optimizer.warmup_steps=0' cannot change when resuming", "run"),
@@ -362,7 +363,7 @@ def test_help_says_what_the_tool_does_its_groups_keys_and_examples(prog):
         assert set(groups) == expected  # no vae-eval group
         for group in expected - {"hydra/launcher"}:  # every option of conf/<group>/, written out
             assert all(re.search(rf"\b{o.stem}\b", groups[group]) for o in (conf / group).glob("*.yaml")), (group, groups[group])
-        assert all(o in groups["hydra/launcher"] for o in ("basic", "joblib", "slurm", 'pip install "vae-cli[cluster]"'))
+        assert all(o in groups["hydra/launcher"] for o in ("basic", "joblib", "slurm", 'pip install -e ".[cluster]"'))
     else:
         assert set(groups) == {o.stem for o in (conf / "likelihood").glob("*.yaml")}
         assert not re.search(r"^\s+(dataset|method|optimizer|trainer)\s", text, re.M)  # no vae-train group
@@ -403,7 +404,7 @@ def test_a_cluster_launcher_without_its_plugin_names_the_extra_to_install(launch
     work.mkdir()
     path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)
     line = one_error_line(vae_train("--multirun", f"hydra/launcher={launcher}", *TINY, env_extra={"PYTHONPATH": path}, cwd=work), "vae-train")
-    assert 'is not installed; install it with pip install "vae-cli[cluster]"' in line
+    assert 'is not installed; install it with pip install -e ".[cluster]" in the vae-cli checkout' in line
     assert list(work.iterdir()) == []
 
 
@@ -415,7 +416,7 @@ def test_a_logger_without_its_package_is_refused_before_anything_is_written(tmp_
     work.mkdir()
     path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)
     result = vae_train(*TINY, "logger=tensorboard", env_extra={"PYTHONPATH": path, "VAE_CLI_DATA": str(shared_data)}, cwd=work)
-    assert one_error_line(result, "vae-train") == 'vae-train: error: logger=tensorboard needs the tensorboard package: pip install "vae-cli[tensorboard]"'
+    assert one_error_line(result, "vae-train") == 'vae-train: error: logger=tensorboard needs the tensorboard package: pip install -e ".[tensorboard]" in the vae-cli checkout'
     assert [p for p in work.rglob("*") if p.name != "outputs"] == []  # no outputs/<date>/<time>/ left behind
 
 

@@ -361,6 +361,11 @@ def test_ctrl_c_during_an_estimate_says_nothing_was_written(vae_run, shared_data
     assert _files(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_a_run_folder_given_without_run_dir_is_one_line_naming_the_fix(vae_run, shared_data, tmp_path):
+    done = vae_eval(str(vae_run), cwd=tmp_path, data=shared_data)
+    assert done.returncode == 2 and done.stderr.strip() == f"vae-eval: error: '{vae_run}' is not key=value; to evaluate that run write vae-eval run_dir={vae_run}"
+
+
 def test_a_sweep_jobs_folder_named_with_equals_and_commas_is_one_run_dir(vae_run, shared_data, tmp_path):
     """A preset's job folder is named like `method=aevb,model.latent_dim=20`: vae-eval takes it as one path."""
     import shutil

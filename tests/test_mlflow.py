@@ -24,7 +24,7 @@ from vae_cli.jobs import train as train_module
 from vae_cli.jobs.train import train
 from vae_cli.runs import METRICS_FILE, read_metrics, resume_config
 
-mlflow = pytest.importorskip("mlflow", reason='logger=mlflow needs the mlflow package: pip install "vae-cli[mlflow]"')
+mlflow = pytest.importorskip("mlflow", reason='logger=mlflow needs the mlflow package: pip install -e ".[mlflow]"')
 from mlflow import MlflowClient  # noqa: E402
 
 SHORT = ["dataset=frey", "model.latent_dim=3", "model.hidden=[32]", "trainer.max_samples=3e3", "evaluation.schedule=linear",

@@ -29,7 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import register_configs, validate
-from .errors import RunStopped, UserError
+from .errors import RunStopped, UserError, install_extra
 
 CONFIG_PATH = "pkg://vae_cli.conf"
 EXIT_USAGE = 2
@@ -53,7 +53,7 @@ def describe_user_error(exc: BaseException, prog: str = "vae-train") -> str | No
         group, _, option = (exc.missing_cfg_file or "").rpartition("/")
         if group == "hydra/launcher" and option in LAUNCHER_PLUGINS:
             return (f"Hydra's {LAUNCHER_PLUGINS[option]} launcher (hydra/launcher=joblib, submitit_local, submitit_slurm or slurm) "
-                    'is not installed; install it with pip install "vae-cli[cluster]"')
+                    f"is not installed; install it with {install_extra('cluster')}")
         options = [o for o in exc.options or [] if not o.endswith("_schema")]  # typed schemas are not options
         if group and options:
             return f"unknown {group} option '{option}'; choose one of: {', '.join(options)} (e.g. {group}={options[0]})"
@@ -130,6 +130,10 @@ def command_line(args: list[str], prog: str = "vae-train") -> list[str]:
                     options.append(topic)
                 elif topic is not None:
                     overrides.append(expand_home(topic))
+        elif "=" not in arg and os.path.isdir(os.path.expanduser(arg)):  # a run folder given bare
+            key = "run_dir" if prog == "vae-eval" else "resume_from"
+            raise UserError(f"'{arg}' is not key=value; to {'evaluate' if key == 'run_dir' else 'continue'} that run write "
+                            f"{prog} {key}={arg}")
         else:
             overrides.append(expand_home(arg))
     if {"--multirun", "-m"} & set(options) and ({"--cfg", "-c"} & set(options) or any(o.startswith("--cfg=") for o in options)):

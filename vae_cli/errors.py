@@ -12,3 +12,8 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def install_extra(extra: str) -> str:
+    """The command that installs an optional extra, as the README installs vae-cli (from its checkout)."""
+    return f'pip install -e ".[{extra}]" in the vae-cli checkout'

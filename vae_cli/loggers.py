@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, install_extra
 from .runs import atomic_write_bytes, flatten
 
 CURVES = ("train_bound", "test_bound", "train_loglik", "test_loglik")
@@ -33,7 +33,7 @@ def require(cfg) -> None:
             try:
                 __import__(module)
             except ImportError:
-                raise UserError(f'logger={name} needs the {module} package: pip install "vae-cli[{extra}]"') from None
+                raise UserError(f"logger={name} needs the {module} package: {install_extra(extra)}") from None
 
 
 class TensorBoard:

@@ -239,8 +239,8 @@ class SpeedConfig:
 
 @dataclass
 class LoggerConfig:
-    tensorboard: bool = False  # TensorBoard scalars in the run's tb/ (pip install "vae-cli[tensorboard]")
-    mlflow: bool = False  # an MLflow run per vae-train run (pip install "vae-cli[mlflow]")
+    tensorboard: bool = False  # TensorBoard scalars in the run's tb/ (the [tensorboard] extra)
+    mlflow: bool = False  # an MLflow run per vae-train run (the [mlflow] extra)
     mlflow_uri: Optional[str] = None  # MLflow's tracking URI; null: sqlite:///mlflow.db in the folder vae-train starts in
     mlflow_experiment: str = "vae-cli"  # the MLflow experiment the runs go to
 
