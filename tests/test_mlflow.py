@@ -112,6 +112,6 @@ def test_without_the_mlflow_package_the_run_is_refused_in_one_line_before_anythi
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
-    with pytest.raises(UserError, match=r'^logger=mlflow needs the mlflow package: pip install "vae-cli\[mlflow\]"$'):
+    with pytest.raises(UserError, match=r'^logger=mlflow needs the mlflow package: pip install -e "\.\[mlflow\]" in the vae-cli checkout$'):
         train(compose_config(["logger=mlflow"]), run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
