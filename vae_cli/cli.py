@@ -33,6 +33,7 @@ from .errors import RunStopped, UserError, install_extra
 
 CONFIG_PATH = "pkg://vae_cli.conf"
 EXIT_USAGE = 2
+RUN_FOLDER_KEY = {"vae-train": ("continue", "resume_from"), "vae-eval": ("evaluate", "run_dir")}  # how each app takes a run folder
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 INTERRUPTED = {"vae-train": "interrupted before training started; nothing to resume", "vae-eval": "interrupted; nothing was written"}
 LAUNCHER_PLUGINS = {"joblib": "joblib", "submitit_local": "submitit", "submitit_slurm": "submitit"}  # hydra/launcher=slurm: submitit_slurm
@@ -131,9 +132,8 @@ def command_line(args: list[str], prog: str = "vae-train") -> list[str]:
                 elif topic is not None:
                     overrides.append(expand_home(topic))
         elif "=" not in arg and os.path.isdir(os.path.expanduser(arg)):  # a run folder given bare
-            key = "run_dir" if prog == "vae-eval" else "resume_from"
-            raise UserError(f"'{arg}' is not key=value; to {'evaluate' if key == 'run_dir' else 'continue'} that run write "
-                            f"{prog} {key}={arg}")
+            verb, key = RUN_FOLDER_KEY[prog]
+            raise UserError(f"'{arg}' is not key=value; to {verb} that run write {prog} {key}={arg}")
         else:
             overrides.append(expand_home(arg))
     if {"--multirun", "-m"} & set(options) and ({"--cfg", "-c"} & set(options) or any(o.startswith("--cfg=") for o in options)):

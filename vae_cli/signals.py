@@ -17,6 +17,21 @@ import threading
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def install(signals: tuple, handler) -> dict[int, object]:
+    """`handler` for `signals`, from the main thread (elsewhere Python cannot install one: nothing is
+    done); the previous handlers, for `restore`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in signals}
+
+
+def restore(previous: dict[int, object]) -> None:
+    """Puts back the handlers `install` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+    previous.clear()
+
+
 class GracefulStop:
     """`requested` becomes true at the first SIGINT/SIGTERM; the loop polls it between steps.
 
@@ -30,15 +45,11 @@ class GracefulStop:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = install(SIGNALS, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-        self._previous.clear()
+        restore(self._previous)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
@@ -68,17 +79,14 @@ class InterruptCheck:
 
     def __init__(self):
         self.seen = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> InterruptCheck:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = install((signal.SIGINT,), self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        restore(self._previous)
 
     def _handle(self, signum: int, frame) -> None:
         self.seen = True
